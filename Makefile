@@ -1,0 +1,44 @@
+# make course : install what is missing, run notebooks 00-07 headless, write build/report.md
+# make test   : install what is missing, unit tests + nbval over notebooks/ and solutions/ (ci profile, offline)
+# make lab    : open JupyterLab at the repo root
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: install course test unit nbval lab benchmarks clean
+
+# torch goes first, pinned, so that requirements.txt's range is already met and
+# pip does not fetch a different (multi-GB) build; then everything else.
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else "Python 3.10-3.12 is needed, found %d.%d: run make PYTHON=python3.11 ..." % v)'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/python -m utils.course
+
+test: $(STAMP)
+	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q --durations=15 tests \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks solutions
+
+unit: $(STAMP)
+	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q tests
+
+nbval: $(STAMP)
+	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env notebooks solutions
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/bpe_training_speed.py
+
+clean:
+	rm -rf build data/processed data/nltk_data checkpoints

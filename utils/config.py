@@ -1,0 +1,203 @@
+"""One switch for the whole course: the profile, the device, the seed and the paths.
+
+Every notebook starts with ``cfg = utils.config.load()``. The profile chooses
+*sizes* only (how much data, how big a tokenizer or model); the code path is
+the same in all three:
+
+- ``ci``:  seconds per notebook on 2 CPU cores; what nbval runs in CI.
+- ``cpu``: a laptop; minutes; the full embedded dataset.
+- ``gpu``: Colab T4 and up; hub data when online, GPT-2 124M.
+
+Set ``COURSE_PROFILE`` to choose; the default is ``gpu`` when CUDA is there,
+else ``cpu``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_NAMES = ("ci", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The sizes a profile hands to the notebooks. Add fields here, never in a notebook."""
+
+    name: str
+    # 01 data collection
+    max_conversations: int | None  # None = every embedded conversation
+    hub_dataset: str | None  # a hub conversation dataset to add when online
+    # 02 preprocessing and tokenization
+    spelling_sample: int  # messages to run the (slow) spelling corrector on
+    bpe_train_chars: int  # characters our from-scratch BPE trains on
+    bpe_vocab_size: int  # vocabulary of our from-scratch BPE
+    tokenizer_vocab_size: int  # vocabulary of the course tokenizer (HF tokenizers)
+
+
+PROFILES = {
+    "ci": Profile(
+        name="ci",
+        max_conversations=400,
+        hub_dataset=None,
+        spelling_sample=100,
+        bpe_train_chars=60_000,
+        bpe_vocab_size=320,
+        tokenizer_vocab_size=1024,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        max_conversations=None,
+        hub_dataset=None,
+        spelling_sample=1_000,
+        bpe_train_chars=1_000_000,
+        bpe_vocab_size=512,
+        tokenizer_vocab_size=4096,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        max_conversations=None,
+        hub_dataset="OpenAssistant/oasst1",
+        spelling_sample=1_000,
+        bpe_train_chars=1_000_000,
+        bpe_vocab_size=1024,
+        tokenizer_vocab_size=8192,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live. Everything generated goes to git-ignored folders."""
+
+    root: Path
+    profile: str
+    data: Path = field(init=False)
+    raw: Path = field(init=False)  # downloads and copies of source data
+    processed: Path = field(init=False)  # this profile's splits, token ids, tokenizer
+    nltk_data: Path = field(init=False)  # Punkt tables written out for NLTK
+    build: Path = field(init=False)  # executed notebooks, figures, report card
+    checkpoints: Path = field(init=False)  # model weights
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen dataclass: derived fields are set once here
+        set_(self, "data", self.root / "data")
+        set_(self, "raw", self.root / "data" / "raw")
+        set_(self, "processed", self.root / "data" / "processed" / self.profile)
+        set_(self, "nltk_data", self.root / "data" / "nltk_data")
+        set_(self, "build", self.root / "build")
+        set_(self, "checkpoints", self.root / "checkpoints" / self.profile)
+
+    def make(self) -> "Paths":
+        for folder in (self.raw, self.processed, self.nltk_data, self.build, self.checkpoints):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+@dataclass(frozen=True)
+class CourseConfig:
+    profile: Profile
+    device: str
+    online: bool
+    seed: int
+    paths: Paths
+
+    def __repr__(self) -> str:
+        return (
+            f"CourseConfig(profile={self.profile.name!r}, device={self.device!r}, "
+            f"online={self.online}, seed={self.seed}, root={str(self.paths.root)!r})"
+        )
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def profile_name() -> str:
+    """COURSE_PROFILE if set, else ``gpu`` with CUDA, else ``cpu``."""
+    name = os.environ.get("COURSE_PROFILE", "").strip().lower()
+    if not name:
+        return "gpu" if cuda_available() else "cpu"
+    if name not in PROFILES:
+        raise ValueError(
+            f"COURSE_PROFILE={name!r} is not a profile; use one of {', '.join(PROFILE_NAMES)} "
+            "(or unset it to choose automatically)."
+        )
+    return name
+
+
+def pick_device() -> str:
+    """CUDA first, then Apple's MPS (with its caveat), then the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        warnings.warn(
+            "Using Apple MPS. Some operations fall back to the CPU and results can differ "
+            "slightly from CUDA/CPU runs; set PYTORCH_ENABLE_MPS_FALLBACK=1 if an op is missing.",
+            stacklevel=2,
+        )
+        return "mps"
+    return "cpu"
+
+
+def is_online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """True when the Hugging Face hub can be reached and offline mode is not forced.
+
+    ``HF_HUB_OFFLINE=1`` (set in CI) wins without touching the network, so an
+    offline machine never waits on a hub call that retries for ~45 s.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def in_colab() -> bool:
+    import sys
+
+    return "google.colab" in sys.modules
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a notebook gives the same numbers twice."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def load(seed: int = 1337, verbose: bool = True) -> CourseConfig:
+    """Read the profile switch, pick the device, seed everything, create the folders."""
+    name = profile_name()
+    config = CourseConfig(
+        profile=PROFILES[name],
+        device=pick_device(),
+        online=is_online(),
+        seed=seed,
+        paths=Paths(REPO_ROOT, name).make(),
+    )
+    seed_everything(seed)
+    if verbose:
+        mode = "online" if config.online else "offline (embedded data)"
+        print(f"profile={name}  device={config.device}  {mode}  seed={seed}")
+    return config
