@@ -9,4 +9,3 @@ import os
 os.environ.setdefault("COURSE_PROFILE", "ci")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
