@@ -1,0 +1,60 @@
+"""The profile switch, device choice, offline detection and seeding."""
+
+import pytest
+import torch
+
+from utils import config
+
+
+def test_profile_defaults_to_cpu_without_cuda(monkeypatch):
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    assert config.profile_name() == "cpu"
+    monkeypatch.setattr(config, "cuda_available", lambda: True)
+    assert config.profile_name() == "gpu"
+
+
+def test_unknown_profile_names_the_choices(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "laptop")
+    with pytest.raises(ValueError, match="ci, cpu, gpu"):
+        config.profile_name()
+
+
+def test_profiles_grow_from_ci_to_gpu():
+    ci, cpu, gpu = (config.PROFILES[n] for n in config.PROFILE_NAMES)
+    assert ci.max_conversations is not None and cpu.max_conversations is None
+    assert ci.tokenizer_vocab_size < cpu.tokenizer_vocab_size < gpu.tokenizer_vocab_size
+    assert ci.bpe_train_chars < cpu.bpe_train_chars
+
+
+def test_hf_offline_wins_without_touching_the_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("is_online must not open a socket when HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(config.socket, "create_connection", no_network)
+    assert config.is_online() is False
+
+
+def test_paths_are_per_profile_and_git_ignored(tmp_path):
+    paths = config.Paths(tmp_path, "ci").make()
+    assert paths.processed == tmp_path / "data" / "processed" / "ci"
+    assert paths.processed.is_dir() and paths.build.is_dir()
+    ignored = (config.REPO_ROOT / ".gitignore").read_text()
+    for folder in ("/build/", "/data/processed/", "/data/raw/", "/checkpoints/", "/data/nltk_data/"):
+        assert folder in ignored
+
+
+def test_seed_everything_replays_the_same_numbers():
+    config.seed_everything(7)
+    first = torch.rand(4)
+    config.seed_everything(7)
+    assert torch.equal(first, torch.rand(4))
+
+
+def test_load_reports_profile_and_device(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_PROFILE", "ci")
+    cfg = config.load()
+    assert cfg.profile.name == "ci" and cfg.device in ("cpu", "cuda", "mps")
+    assert "profile=ci" in capsys.readouterr().out

@@ -1,0 +1,38 @@
+"""The report card: stages record figures, render gathers them into markdown."""
+
+import json
+
+from utils import environment, report
+
+
+def test_record_and_render(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "ci")
+    report.record("01_data_collection", {"conversations": 7168, "words per turn": 11.25}, tmp_path)
+    report.record("00_setup", {"device": "cpu"}, tmp_path)
+    report.record_timing("00_setup", 3.21, tmp_path)
+    report.record_timing("01_data_collection", 10.0, tmp_path)
+    card = report.render(tmp_path, tmp_path / "report.md").read_text()
+    assert card.index("## 00_setup (profile `ci`)") < card.index("## 01_data_collection")
+    assert "| conversations | 7,168 |" in card and "| words per turn | 11.25 |" in card
+    assert "| **total** | **13.2** |" in card
+    assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temp files"
+
+
+def test_record_replaces_a_stage(tmp_path):
+    report.record("02_preprocessing", {"a": 1}, tmp_path)
+    report.record("02_preprocessing", {"a": 2}, tmp_path)
+    saved = json.loads((tmp_path / "02_preprocessing.json").read_text())
+    assert saved["figures"] == {"a": 2}
+
+
+def test_environment_check_reports_missing_package_with_fix():
+    check = environment.check_package("no_such_module_xyz", "no-such-dist", "1.0", "testing")
+    assert not check.ok and "make install" in check.fix
+    old = environment.check_package("numpy", "numpy", "999.0", "testing")
+    assert not old.ok and "needs >= 999.0" in old.fix
+    assert environment.summarize([check]).startswith("NOT READY")
+
+
+def test_environment_is_ready_here():
+    checks = environment.check_environment()
+    assert environment.summarize(checks).startswith("READY"), [c for c in checks if not c.ok]
