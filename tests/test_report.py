@@ -7,14 +7,14 @@ from utils import environment, report
 
 def test_record_and_render(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_PROFILE", "ci")
-    report.record("01_data_collection", {"conversations": 7168, "words per turn": 11.25}, tmp_path)
+    report.record("01_data_collection", {"conversations": 7168, "words per turn": 11.25, "ready": True}, tmp_path)
     report.record("00_setup", {"device": "cpu"}, tmp_path)
     report.record_timing("00_setup", 3.21, tmp_path)
     report.record_timing("01_data_collection", 10.0, tmp_path)
     card = report.render(tmp_path, tmp_path / "report.md").read_text()
     assert card.index("## 00_setup (profile `ci`)") < card.index("## 01_data_collection")
     assert "| conversations | 7,168 |" in card and "| words per turn | 11.25 |" in card
-    assert "| **total** | **13.2** |" in card
+    assert "| **total** | **13.2** |" in card and "| ready | yes |" in card
     assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temp files"
 
 

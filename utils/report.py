@@ -51,6 +51,8 @@ def record_timing(notebook: str, seconds: float, report_dir: Path = REPORT_DIR) 
 
 
 def _format(value) -> str:
+    if isinstance(value, bool):  # before int: True is an int in Python
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
     if isinstance(value, int):
