@@ -1,0 +1,277 @@
+"""The GPT of utils/model.py: shapes, causality, the loss, equivalence with transformers'
+GPT-2, parameter counts, KV-cache generation and sampling. Tiny configs: a few seconds."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils.model import GPT, GPTConfig, KVCache, filter_logits, sample_next_token
+from utils.model_sizes import (
+    GPT_PRESETS,
+    PUBLISHED_PARAMETERS,
+    count_parameters,
+    flops_per_token,
+    largest_batch_that_fits,
+    training_memory,
+)
+
+TINY = dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64)
+LOGIT_TOLERANCE = 1e-5  # fp32; the measured max |difference| is ~3e-7
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, TINY["vocab_size"], (batch, length), generator=g)
+
+
+def hf_gpt2(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=TINY["vocab_size"],
+        n_positions=TINY["block_size"],
+        n_layer=TINY["n_layer"],
+        n_head=TINY["n_head"],
+        n_embd=TINY["n_embd"],
+        bos_token_id=None,
+        eos_token_id=None,
+        attn_implementation="sdpa",
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+# ---- shapes, causality, attention paths ----
+
+
+def test_forward_shapes_and_no_loss_without_targets():
+    model = tiny_model()
+    logits, loss = model(random_ids(3, 17))
+    assert logits.shape == (3, 17, TINY["vocab_size"])  # every position, not only the last
+    assert loss is None
+
+
+def test_changing_a_future_token_leaves_earlier_logits_unchanged():
+    model = tiny_model()
+    ids = random_ids(2, 32)
+    changed = ids.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % TINY["vocab_size"]
+    for kind in ("sdpa", "explicit"):
+        model.set_attention(kind)
+        before, after = model(ids)[0], model(changed)[0]
+        assert torch.equal(before[:, :20], after[:, :20]), kind
+        assert not torch.allclose(before[:, 20:], after[:, 20:]), kind
+
+
+def test_sdpa_and_explicit_attention_agree():
+    model = tiny_model()
+    ids = random_ids(3, 64)
+    fast = model(ids)[0]
+    explicit = copy.deepcopy(model).set_attention("explicit")(ids)[0]
+    assert (fast - explicit).abs().max().item() < LOGIT_TOLERANCE
+
+
+def test_too_long_prompt_says_the_length_the_block_size_and_to_crop():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"65 tokens.*block_size is 64.*crop"):
+        model(random_ids(1, 65))
+
+
+def test_bad_config_says_what_to_do():
+    with pytest.raises(ValueError, match="not divisible"):
+        GPTConfig(n_embd=100, n_head=3)
+    with pytest.raises(ValueError, match="attention"):
+        GPTConfig(attention="flash")
+
+
+# ---- the loss ----
+
+
+def test_loss_is_cross_entropy_on_targets_the_caller_shifted():
+    model = tiny_model()
+    text = random_ids(4, 33)
+    idx, targets = text[:, :-1], text[:, 1:]  # the shift happens here, in the caller
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits.reshape(-1, TINY["vocab_size"]), targets.reshape(-1))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # a random model predicts about uniformly: loss ~ ln(65)
+    assert abs(loss.item() - math.log(TINY["vocab_size"])) < 0.5
+
+
+def test_loss_ignores_minus_100():
+    model = tiny_model()
+    text = random_ids(2, 33)
+    idx, targets = text[:, :-1], text[:, 1:].clone()
+    targets[:, :10] = -100  # e.g. prompt tokens during fine-tuning
+    logits, loss = model(idx, targets)
+    kept = logits[:, 10:].reshape(-1, TINY["vocab_size"])
+    assert torch.allclose(loss, F.cross_entropy(kept, targets[:, 10:].reshape(-1)), atol=1e-6)
+    with pytest.raises(ValueError, match="targets"):
+        model(idx, targets[:, :-1])
+
+
+# ---- weights: tying, init, transformers ----
+
+
+def test_lm_head_is_tied_to_the_token_embedding():
+    model = tiny_model()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+def test_gpt2_initialization():
+    model = GPT(GPTConfig(vocab_size=512, block_size=64, n_layer=8, n_head=4, n_embd=256))
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.002
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    assert abs(model.transformer.h[0].mlp.c_proj.weight.std().item() - residual_std) < 0.001
+    assert abs(model.transformer.h[0].attn.c_proj.weight.std().item() - residual_std) < 0.001
+    assert model.transformer.h[0].attn.c_attn.bias.abs().max().item() == 0.0
+
+
+def test_from_hf_gives_transformers_logits():
+    hf = hf_gpt2()
+    ours = GPT.from_hf(hf).eval()
+    ids = random_ids(3, 64)
+    with torch.no_grad():
+        difference = (ours(ids)[0] - hf(ids).logits).abs().max().item()
+    print(f"from_hf: max |logit difference| = {difference:.2e}")
+    assert difference < LOGIT_TOLERANCE
+    assert ours.num_parameters() == hf.num_parameters()
+
+
+def test_to_hf_gives_our_logits_and_round_trips():
+    ours = tiny_model(seed=3)
+    hf = ours.to_hf().eval()
+    ids = random_ids(3, 64)
+    with torch.no_grad():
+        difference = (ours(ids)[0] - hf(ids).logits).abs().max().item()
+    print(f"to_hf: max |logit difference| = {difference:.2e}")
+    assert difference < LOGIT_TOLERANCE
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # still tied
+    back = GPT.from_hf(hf)
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(tensor, back.state_dict()[name]), name
+
+
+def test_to_hf_without_biases_uses_zero_biases():
+    ours = tiny_model(bias=False)
+    hf = ours.to_hf().eval()
+    ids = random_ids(2, 16)
+    with torch.no_grad():
+        assert (ours(ids)[0] - hf(ids).logits).abs().max().item() < LOGIT_TOLERANCE
+
+
+# ---- parameter counts, FLOPs, memory ----
+
+
+def test_num_parameters_matches_the_analytic_count():
+    for overrides in ({}, {"bias": False}, {"n_layer": 3, "n_embd": 96, "n_head": 3}):
+        model = tiny_model(**overrides)
+        assert model.num_parameters() == count_parameters(model.config)
+        assert model.num_parameters(non_embedding=True) == count_parameters(model.config, non_embedding=True)
+
+
+def test_presets_match_published_parameter_counts():
+    assert count_parameters(GPT_PRESETS["gpt2"]) == 124_439_808  # exactly, with tied embeddings
+    for name in ("gpt2-medium", "gpt2-large", "gpt2-xl"):  # released checkpoints: exact
+        assert count_parameters(GPT_PRESETS[name]) == PUBLISHED_PARAMETERS[name], name
+    assert abs(count_parameters(GPT_PRESETS["gpt3-175b"]) / 175e9 - 1) < 0.01  # within 1%
+    assert abs(count_parameters(GPT_PRESETS["gpt1"]) / 117e6 - 1) < 0.01
+    for name in GPT_PRESETS:  # GPT-3 Table 2.1 rounds to 2-3 significant figures: within 2%
+        assert abs(count_parameters(GPT_PRESETS[name]) / PUBLISHED_PARAMETERS[name] - 1) < 0.02, name
+
+
+def test_flops_and_memory_estimates():
+    gpt2 = GPT_PRESETS["gpt2"]
+    n = count_parameters(gpt2, non_embedding=True)
+    assert flops_per_token(gpt2) == 6 * n + 12 * 12 * 1024 * 768
+    memory = training_memory(gpt2, batch_size=8)
+    assert memory["weights"] == memory["gradients"] == 4 * 124_439_808
+    assert memory["optimizer_states"] == 2 * memory["weights"]  # AdamW: m and v
+    assert memory["total"] == sum(v for k, v in memory.items() if k != "total")
+    assert training_memory(gpt2, 16)["activations"] > memory["activations"]
+    t4 = 16e9
+    assert largest_batch_that_fits(gpt2, t4) >= 1  # GPT-2 small trains on a T4
+    assert largest_batch_that_fits(GPT_PRESETS["gpt2-xl"], t4) == 0  # XL does not (fp32 AdamW)
+
+
+# ---- generation ----
+
+
+@pytest.mark.parametrize("kind", ["sdpa", "explicit"])
+def test_cached_greedy_generation_equals_uncached_past_block_size(kind):
+    model = tiny_model(seed=5).set_attention(kind)
+    prompt = random_ids(2, 10)
+    new = 80  # 10 + 80 > block_size 64: the window slides
+    cached = model.generate(prompt, new, temperature=0, use_cache=True)
+    uncached = model.generate(prompt, new, temperature=0, use_cache=False)
+    assert cached.shape == (2, 90)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[:, :10], prompt)
+
+
+def test_cached_forward_gives_the_full_forward_logits():
+    model = tiny_model()
+    ids = random_ids(2, 20)
+    full = model(ids)[0]
+    cache = KVCache(model.config.n_layer)
+    first = model(ids[:, :12], cache=cache)[0]  # prefill 12 tokens
+    middle = model(ids[:, 12:15], cache=cache)[0]  # 3 tokens at once: needs the offset mask
+    last = model(ids[:, 15:16], cache=cache)[0]  # one token
+    stepwise = torch.cat([first, middle, last], dim=1)
+    assert len(cache) == 16
+    assert (stepwise - full[:, :16]).abs().max().item() < LOGIT_TOLERANCE
+
+
+def test_long_prompt_is_cropped_by_generate():
+    model = tiny_model()
+    prompt = random_ids(1, 100)  # longer than block_size: generate keeps the last 64
+    out = model.generate(prompt, 3, temperature=0)
+    assert torch.equal(out, model.generate(prompt, 3, temperature=0, use_cache=False))
+    assert out.shape == (1, 103)
+
+
+def test_sampling_is_reproducible_with_a_generator_and_restores_training_mode():
+    model = tiny_model().train()
+    prompt = random_ids(2, 5)
+    a = model.generate(prompt, 20, generator=torch.Generator().manual_seed(0))
+    b = model.generate(prompt, 20, generator=torch.Generator().manual_seed(0), use_cache=False)
+    assert torch.equal(a, b)
+    assert model.training
+
+
+def test_generation_stops_at_eos():
+    model = tiny_model()
+    prompt = random_ids(1, 5)
+    greedy = model.generate(prompt, 10, temperature=0)
+    eos = greedy[0, 7].item()  # the 3rd generated token
+    out = model.generate(prompt, 10, temperature=0, eos_id=eos)
+    stop = (greedy[0, 5:] == eos).nonzero()[0].item() + 5
+    assert torch.equal(out, greedy[:, : stop + 1])
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    top2 = filter_logits(logits, top_k=2)
+    assert torch.isfinite(top2).tolist() == [[True, True, False, False, False]]
+    nucleus = filter_logits(logits, top_p=0.8)  # 0.5 + 0.2 < 0.8 <= 0.5 + 0.2 + 0.15
+    assert torch.isfinite(nucleus).tolist() == [[True, True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.4)).sum() == 1  # the top token always stays
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next_token(logits, 1.0, top_k=2, generator=g) for _ in range(300)])
+    assert set(draws.flatten().tolist()) == {0, 1}
+    draws = torch.cat([sample_next_token(logits, 1.0, top_p=0.8, generator=g) for _ in range(300)])
+    assert set(draws.flatten().tolist()) == {0, 1, 2}
+    model = tiny_model()
+    prompt = random_ids(2, 5)
+    assert torch.equal(model.generate(prompt, 10, top_k=1), model.generate(prompt, 10, temperature=0))
+    with pytest.raises(ValueError, match="temperature"):
+        sample_next_token(logits, -1.0)
