@@ -1,0 +1,447 @@
+"""How good is a language model? Perplexity, bits per byte, baselines and sampling diagnostics.
+
+Notebook 05 builds each idea in front of the learner, then checks itself against
+these functions; 06 uses them for the before/after table of fine-tuning.
+
+- **Perplexity** is ``exp(mean next-token cross-entropy)``: the number of tokens the
+  model is, on average, "choosing between". A model that spreads its probability
+  evenly over a vocabulary of V tokens has perplexity exactly V; a perfect model has 1.
+- It is measured on **held-out** token ids (validation or test), never on the
+  training ids: a model that memorised its training text scores well there and
+  tells us nothing about text it has not seen.
+- Perplexity depends on the tokenizer (a character model has a small vocabulary and
+  many easy steps; GPT-2's BPE has 50,257 ids and fewer, harder steps). **Bits per
+  byte** divides the total information by the bytes of the text instead, so models
+  with different tokenizers can be compared on the same text.
+- A number means little on its own: the **baselines** (uniform, unigram, bigram) on
+  the same split say how much the transformer adds over counting.
+
+Every model function here works with our ``utils.model.GPT`` (``forward(idx)``
+returns ``(logits, loss)``) and with a ``transformers`` causal LM (returns an output
+with ``.logits``), so GPT-2's perplexity can be computed on the same ids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+__all__ = [
+    "perplexity",
+    "token_losses",
+    "bits_per_byte",
+    "evaluate_text",
+    "uniform_perplexity",
+    "unigram_perplexity",
+    "bigram_perplexity",
+    "checkpoint_perplexities",
+    "distinct_n",
+    "repetition_rate",
+]
+
+
+# ---- helpers: reading ids and asking a model for logits ----
+
+
+def _as_id_array(token_ids, name: str = "token_ids") -> np.ndarray:
+    """Any 1-D sequence of ids (list, numpy array, np.memmap, torch tensor) as int64 numpy."""
+    if isinstance(token_ids, torch.Tensor):
+        token_ids = token_ids.detach().cpu().numpy()
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"{name}: expected a flat (1-D) sequence of token ids, got shape {ids.shape}.")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{name}: token ids must be integers, got dtype {ids.dtype}.")
+    return ids.astype(np.int64, copy=False)
+
+
+def _config_value(model, *names: str):
+    """The first of ``names`` found on ``model.config`` (ours: block_size; GPT-2: n_positions)."""
+    config = getattr(model, "config", None)
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _model_vocab_size(model) -> int | None:
+    return _config_value(model, "vocab_size")
+
+
+def _model_block_size(model) -> int | None:
+    return _config_value(model, "block_size", "n_positions", "max_position_embeddings")
+
+
+def _model_device(model) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _logits(model, idx: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits from our GPT (returns a tuple) or a transformers model (returns ``.logits``).
+
+    Both take the ids as their first positional argument (``idx`` / ``input_ids``).
+    """
+    output = model(idx)
+    if isinstance(output, torch.Tensor):  # a model that returns the logits alone
+        return output
+    return output.logits if hasattr(output, "logits") else output[0]
+
+
+def _check_ids(ids: np.ndarray, model) -> None:
+    if ids.size < 2:
+        raise ValueError(
+            f"token_ids has {ids.size} token(s): perplexity needs at least 2 "
+            "(the first token has no context, so there is nothing to predict from it)."
+        )
+    vocab_size = _model_vocab_size(model)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0:
+        raise ValueError(f"token_ids contain the negative id {low}; token ids start at 0.")
+    if vocab_size is not None and high >= vocab_size:
+        raise ValueError(
+            f"token_ids contain id {high} but the model's vocabulary has only {vocab_size} ids "
+            f"(0..{vocab_size - 1}): the ids come from another tokenizer than the model's "
+            "(e.g. a checkpoint trained with a different vocabulary). Encode the text with the "
+            "model's own tokenizer."
+        )
+
+
+def _windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """The sliding windows over a text of ``n_tokens`` ids: (begin, end, n_scored) each.
+
+    A window feeds ids[begin:end] (at most block_size of them) and predicts
+    ids[begin+1:end+1]; only its last ``n_scored`` predictions are new, the others
+    were scored by an earlier window. So every one of the n_tokens - 1 predictable
+    tokens is scored exactly once, and with stride < block_size each of them
+    (after the first window) has at least block_size - stride tokens of context.
+    This is the scheme of the Hugging Face perplexity guide.
+    """
+    last = n_tokens - 1  # inputs are ids[0 : n_tokens - 1]; targets ids[1 : n_tokens]
+    windows, scored_up_to, begin = [], 0, 0
+    while True:
+        end = min(begin + block_size, last)
+        windows.append((begin, end, end - scored_up_to))
+        scored_up_to = end
+        if end == last:
+            return windows
+        begin += stride
+
+
+# ---- perplexity of a model ----
+
+
+@torch.no_grad()
+def token_losses(
+    model,
+    token_ids,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Cross-entropy (nats) of every predictable token: ``losses[i] = -ln p(ids[i+1] | context)``.
+
+    Returns a float64 array of ``len(token_ids) - 1`` values (the first token has no
+    context). Texts longer than ``block_size`` (default: the model's) are cut into
+    sliding windows that move by ``stride`` tokens (default: block_size, i.e. side by
+    side). A smaller stride gives every token more context (a better, slower estimate);
+    each token is still scored exactly once. Sort the result to see which tokens are
+    hard. The model runs in eval mode (no dropout) and is put back as it was.
+    ``batch_size`` windows run at once: their logits take batch x block x vocab x 4
+    bytes (1.6 GB for GPT-2 at 8 x 1024 x 50,257), so lower it when memory is short.
+    """
+    ids = _as_id_array(token_ids)
+    _check_ids(ids, model)
+    model_block = _model_block_size(model)
+    block_size = block_size or model_block
+    if block_size is None:
+        raise ValueError("token_losses: the model's config has no block_size; pass block_size=...")
+    if model_block is not None and block_size > model_block:
+        raise ValueError(f"block_size={block_size} is longer than the model's context ({model_block} tokens).")
+    stride = block_size if stride is None else stride
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"stride={stride}; use 1 <= stride <= block_size ({block_size}).")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; use at least 1.")
+
+    device = _model_device(model)
+    ids_t = torch.from_numpy(ids)
+    losses = np.empty(ids.size - 1, dtype=np.float64)
+    windows = _windows(ids.size, block_size, stride)
+    # Windows of the same length are batched together (all but the last are full).
+    groups: dict[int, list[tuple[int, int, int]]] = {}
+    for window in windows:
+        groups.setdefault(window[1] - window[0], []).append(window)
+
+    was_training = model.training
+    model.eval()
+    try:
+        for length, group in groups.items():
+            for i in range(0, len(group), batch_size):
+                chunk = group[i : i + batch_size]
+                rows = torch.stack([ids_t[b : e + 1] for b, e, _ in chunk]).to(device)  # (B, length + 1)
+                logits = _logits(model, rows[:, :-1])  # (B, length, V)
+                nll = F.cross_entropy(
+                    logits.float().transpose(1, 2), rows[:, 1:], reduction="none"
+                )  # (B, length): -ln p(target) at every position
+                nll = nll.cpu().double().numpy()
+                for row, (_, end, n_scored) in zip(nll, chunk):
+                    losses[end - n_scored : end] = row[length - n_scored :]  # only the new predictions
+    finally:
+        model.train(was_training)
+    return losses
+
+
+def perplexity(
+    model,
+    token_ids,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> float:
+    """exp(mean next-token cross-entropy) of ``model`` over all predictable tokens of ``token_ids``.
+
+    Why exp of the cross-entropy: the loss is the average of -ln p(next token); its
+    exponential is the inverse of the geometric mean of those probabilities, "the
+    model is as unsure as if it picked uniformly among this many tokens". Use
+    held-out ids: the training ids reward memorisation. See ``token_losses`` for
+    ``block_size`` and ``stride`` (the sliding window over long texts).
+    """
+    return float(math.exp(token_losses(model, token_ids, block_size, stride, batch_size).mean()))
+
+
+def bits_per_byte(mean_loss_nats: float, n_tokens: int, n_bytes: int) -> float:
+    """Total information of a text in bits, divided by its size in UTF-8 bytes.
+
+    total nats = mean loss x tokens scored; / ln 2 turns nats into bits; / bytes makes
+    it independent of the tokenizer: a tokenizer with longer tokens has a higher
+    loss per token but fewer tokens, and bits per byte sees through that. A model
+    that knows nothing about English and spends 8 bits on every byte scores 8.
+    """
+    if n_bytes <= 0:
+        raise ValueError(f"n_bytes={n_bytes}; the text must have at least one byte.")
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens={n_tokens}; it counts the scored tokens, so it cannot be negative.")
+    return float(mean_loss_nats) * n_tokens / math.log(2) / n_bytes
+
+
+def evaluate_text(
+    model,
+    token_ids,
+    n_bytes: int,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> dict:
+    """Loss (nats/token), perplexity and bits per byte of ``model`` on one text's ids.
+
+    ``n_bytes``: the length of the text in UTF-8 bytes (``len(text.encode("utf-8"))``).
+    The first token is not scored (no context): on a real split that is negligible.
+    """
+    losses = token_losses(model, token_ids, block_size, stride, batch_size)
+    loss = float(losses.mean())
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": bits_per_byte(loss, losses.size, n_bytes),
+        "n_tokens": int(losses.size),
+        "n_bytes": int(n_bytes),
+    }
+
+
+# ---- baselines: what counting alone achieves on the same split ----
+# They score the same tokens as the model: eval_ids[1:] (every token that has a
+# previous token), so their perplexities sit in one table with the model's.
+
+
+def uniform_perplexity(vocab_size: int) -> float:
+    """A model that gives every token probability 1/V: its perplexity is exactly V.
+
+    The ceiling any trained model must beat; a fresh random GPT starts near it.
+    """
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size={vocab_size}; a vocabulary has at least one token.")
+    return float(vocab_size)
+
+
+def _check_baseline_ids(train_ids, eval_ids, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    train, evaluation = _as_id_array(train_ids, "train_ids"), _as_id_array(eval_ids, "eval_ids")
+    if evaluation.size < 2:
+        raise ValueError(f"eval_ids has {evaluation.size} token(s); at least 2 are needed (one to predict).")
+    for name, ids in (("train_ids", train), ("eval_ids", evaluation)):
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise ValueError(f"{name} contain id {bad}, outside the vocabulary 0..{vocab_size - 1} (vocab_size={vocab_size}).")
+    return train, evaluation
+
+
+def _unigram_probs(train: np.ndarray, vocab_size: int, alpha: float) -> np.ndarray:
+    """p(w) = (count(w) + alpha) / (N + alpha V): add-alpha so unseen tokens keep some probability."""
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha}; smoothing counts cannot be negative.")
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64)  # (V,)
+    total = counts.sum() + alpha * vocab_size
+    if total == 0:
+        raise ValueError("train_ids is empty and alpha=0: no probability to give any token; use alpha > 0.")
+    return (counts + alpha) / total  # (V,)
+
+
+def _perplexity_from_probs(probs: np.ndarray) -> float:
+    with np.errstate(divide="ignore"):
+        return float(np.exp(-np.log(probs).mean()))  # inf when a token got probability 0 (alpha=0)
+
+
+def unigram_perplexity(train_ids, eval_ids, vocab_size: int, alpha: float = 1.0) -> float:
+    """Perplexity of token frequencies counted on ``train_ids``, with no context at all.
+
+    p(w) = (count(w) + alpha) / (N + alpha V) (add-alpha / Laplace smoothing: a token
+    never seen in training would otherwise get probability 0 and an infinite loss).
+    Scores eval_ids[1:], the tokens the model predicts.
+    """
+    train, evaluation = _check_baseline_ids(train_ids, eval_ids, vocab_size)
+    probs = _unigram_probs(train, vocab_size, alpha)
+    return _perplexity_from_probs(probs[evaluation[1:]])
+
+
+def _pair_counts(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (previous, next) pairs of ``ids`` as keys previous*V + next, sorted, and their counts.
+
+    Sparse on purpose: a dense V x V table is 20 GB of float64 for GPT-2's 50,257 ids;
+    a text of N tokens has at most N - 1 distinct pairs.
+    """
+    keys = ids[:-1] * vocab_size + ids[1:]  # (N-1,) one int64 per pair
+    return np.unique(keys, return_counts=True)
+
+
+def bigram_perplexity(
+    train_ids,
+    eval_ids,
+    vocab_size: int,
+    alpha: float = 0.01,
+    interpolation: float | None = None,
+) -> float:
+    """Perplexity of next-token probabilities given only the previous token, counted on ``train_ids``.
+
+    Two ways to give unseen pairs some probability:
+
+    - ``interpolation=None`` (default), add-alpha: p(b|a) = (count(a,b) + alpha) / (count(a) + alpha V).
+      alpha=1 (Laplace) over-smooths a large vocabulary: each seen token shares its
+      probability with V unseen successors, so keep alpha small.
+    - ``interpolation=lam`` in [0, 1], Jelinek-Mercer: p(b|a) = lam * count(a,b) / count(a)
+      + (1 - lam) * p_unigram(b) (add-``alpha`` unigram); a never-seen a uses p_unigram alone.
+
+    Counts are kept sparse (pairs that occur, not a V x V table). Scores eval_ids[1:].
+    """
+    train, evaluation = _check_baseline_ids(train_ids, eval_ids, vocab_size)
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha}; smoothing counts cannot be negative.")
+    if interpolation is not None and not 0.0 <= interpolation <= 1.0:
+        raise ValueError(f"interpolation={interpolation}; use a weight in [0, 1] (or None for add-alpha).")
+    previous, following = evaluation[:-1], evaluation[1:]  # (M,), (M,)
+
+    # count(a, b) for every evaluation pair, looked up in the sorted sparse keys.
+    pair_count = np.zeros(previous.size, dtype=np.float64)  # (M,)
+    if train.size >= 2:
+        keys, counts = _pair_counts(train, vocab_size)  # (P,), (P,)
+        wanted = previous * vocab_size + following  # (M,)
+        where = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)  # (M,) where it would sit
+        found = keys[where] == wanted  # (M,)
+        pair_count[found] = counts[where[found]]
+    # count(a): how often a appears as a *previous* token (the last training token has no successor).
+    context_count = np.bincount(train[:-1], minlength=vocab_size).astype(np.float64)[previous]  # (M,)
+
+    if interpolation is None:
+        denominator = context_count + alpha * vocab_size
+        if np.any(denominator == 0):
+            raise ValueError("alpha=0 and an evaluation token never appears in training as a context; use alpha > 0.")
+        probs = (pair_count + alpha) / denominator  # (M,)
+    else:
+        unigram = _unigram_probs(train, vocab_size, alpha)[following]  # (M,)
+        seen = context_count > 0
+        maximum_likelihood = np.divide(pair_count, context_count, out=np.zeros_like(pair_count), where=seen)
+        probs = np.where(seen, interpolation * maximum_likelihood + (1 - interpolation) * unigram, unigram)
+    return _perplexity_from_probs(probs)
+
+
+# ---- perplexity over training: one number per checkpoint ----
+
+
+def checkpoint_perplexities(
+    checkpoint_dirs: Iterable,
+    token_ids,
+    load_fn: Callable,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> list[dict]:
+    """Perplexity of each checkpoint on the same held-out ids, for a curve over training.
+
+    ``load_fn(checkpoint_dir)`` returns the model (the caller knows the checkpoint
+    format). Returns ``[{"checkpoint": str, "loss": float, "perplexity": float}, ...]``
+    in the order given; each model is released before the next is loaded.
+    """
+    results = []
+    for checkpoint in checkpoint_dirs:
+        model = load_fn(checkpoint)
+        loss = float(token_losses(model, token_ids, block_size, stride, batch_size).mean())
+        results.append({"checkpoint": str(checkpoint), "loss": loss, "perplexity": math.exp(loss)})
+        del model
+    return results
+
+
+# ---- sampling diagnostics: is the generated text varied, or looping? ----
+
+
+def _ngrams(tokens: Sequence, n: int) -> list[tuple]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(token_lists: Iterable[Sequence], n: int = 2) -> float:
+    """Distinct n-grams / all n-grams over a set of generated texts (Li et al., 2016).
+
+    1.0: no n-gram is ever repeated; near 0: the samples say the same thing over and
+    over (greedy decoding and low temperatures do that). Tokens may be ids or words.
+    ``token_lists``: a list of token sequences; a single flat list (of ids or words) is
+    treated as one text. 0.0 when there are no n-grams.
+    """
+    if n < 1:
+        raise ValueError(f"n={n}; n-grams have at least one token.")
+    if isinstance(token_lists, (torch.Tensor, np.ndarray)) and token_lists.ndim == 1:
+        token_lists = [token_lists]  # one text as a 1-D tensor or array
+    token_lists = list(token_lists)
+    if token_lists and not isinstance(token_lists[0], (list, tuple, np.ndarray, torch.Tensor)):
+        token_lists = [token_lists]  # one text given as a flat list of ids or words
+    all_ngrams = [g for tokens in token_lists for g in _ngrams(list(_as_plain(tokens)), n)]
+    return len(set(all_ngrams)) / len(all_ngrams) if all_ngrams else 0.0
+
+
+def _as_plain(tokens):
+    """Token ids from a tensor or array as plain Python ints (hashable, comparable)."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens.tolist()
+    if isinstance(tokens, np.ndarray):
+        return tokens.tolist()
+    return tokens
+
+
+def repetition_rate(tokens: Sequence, n: int = 4) -> float:
+    """Share of the n-grams of one text that already occurred earlier in the same text.
+
+    0.0 for a text that never repeats itself; close to 1.0 for a model stuck in a
+    loop ("i think i think i think ..."), the classic failure of greedy decoding.
+    """
+    if n < 1:
+        raise ValueError(f"n={n}; n-grams have at least one token.")
+    ngrams = _ngrams(list(_as_plain(tokens)), n)
+    if not ngrams:
+        return 0.0
+    seen, repeated = set(), 0
+    for gram in ngrams:
+        repeated += gram in seen
+        seen.add(gram)
+    return repeated / len(ngrams)
