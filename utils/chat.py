@@ -1,0 +1,433 @@
+"""The chat format: special tokens, a chat template, and conversations turned into training examples.
+
+A chat model is a language model trained on conversations written out in one fixed
+format. Ours (no newlines, no begin-of-text token):
+
+    <|system|>You are kind.<|end|><|user|>Hi!<|end|><|assistant|>Hello!<|end|><|user|>...
+
+- Every message is ``<|role|>`` + its text + ``<|end|>``. The roles are special tokens,
+  so the model never confuses a role marker with text a user typed.
+- To ask the model for a reply we write the conversation so far and then
+  ``<|assistant|>`` (the *generation prompt*); the model writes the reply and stops
+  by producing ``<|end|>``.
+- Why no newline after the role token: it would cost a token per turn and add
+  nothing, since ``<|user|>`` already marks the boundary. Why no ``<|endoftext|>`` in
+  front: a conversation is one document; the pretrained model used ``<|endoftext|>``
+  between documents, and the fine-tuned model learns the chat format from the
+  role tokens alone.
+
+Training uses *labels*: the token the model should be scored on at each position,
+or -100 for "don't score". Only the assistant's replies (and the ``<|end|>`` that
+closes them) are learned; the system message, the user turns and the role markers
+are context. ``encode_conversation`` produces ``(input_ids, labels)`` aligned with
+each other; the shift by one position (predict the *next* token) happens in
+exactly one place, ``shifted_targets``, right before the loss.
+
+Contract (used by checks): ``add_chat_tokens(tokenizer)`` and
+``encode_conversation(tokenizer, messages) -> (input_ids, labels)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from utils.data import DataFormatError, validate_conversation
+from utils.tokenization import CHAT_TOKENS, PAD, SPECIAL_TOKENS
+
+SYSTEM, USER, ASSISTANT, END = CHAT_TOKENS  # "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+IGNORE_INDEX = -100  # label value that PyTorch's cross_entropy skips (ignore_index=-100)
+
+# The chat template, in Jinja (what ``tokenizer.apply_chat_template`` renders).
+# ``{%-`` and ``-%}`` strip the whitespace around tags, so the line breaks below are
+# only for reading: the output has none. ``{% generation %}`` marks the tokens an
+# assistant writes (its reply and its <|end|>), which lets transformers compute
+# ``return_assistant_tokens_mask=True``: an independent check of our labels.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{- raise_exception('messages[' ~ loop.index0 ~ '].role: ' ~ message['role'] ~ "
+    "' is not a role (allowed: system, user, assistant)') -}}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|assistant|>' -}}"
+    "{%- generation -%}{{- message['content'] + '<|end|>' -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- '<|' + message['role'] + '|>' + message['content'] + '<|end|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
+)
+
+
+class ChatFormatError(ValueError):
+    """A conversation that cannot be turned into a chat training example; the message says where and why."""
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def add_chat_tokens(tokenizer):
+    """Give any ``transformers`` tokenizer the course's chat tokens, a pad token and the chat template.
+
+    GPT-2's tokenizer knows only ``<|endoftext|>``: written as text, ``<|user|>`` would
+    become 5 ordinary tokens, and it has no pad token at all (which is why
+    ``padding="max_length"`` fails on it). We register the missing role / end tokens as
+    *special* tokens (one id each, never split, never merged with neighbours), add
+    ``<|pad|>`` as the pad token when there is none, and set ``CHAT_TEMPLATE``.
+    The course tokenizer already has all of them: nothing is added.
+
+    Idempotent: calling it twice adds nothing the second time. Modifies the tokenizer
+    in place and returns it. New tokens get new ids at the end of the vocabulary, so
+    the model's embedding must grow to ``len(tokenizer)``: see ``resize_vocabulary``.
+    """
+    added = tokenizer.added_tokens_encoder  # text -> id of tokens matched before BPE runs
+    missing = [token for token in CHAT_TOKENS if token not in added]
+    if missing:
+        # replace_extra_special_tokens=False: extend the tokenizer's list, never drop its own.
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def chat_token_ids(tokenizer) -> dict[str, int]:
+    """Id of each chat token (``"<|user|>" -> id``); a clear error when ``add_chat_tokens`` was not called."""
+    added = tokenizer.added_tokens_encoder
+    missing = [token for token in CHAT_TOKENS if token not in added]
+    if missing or tokenizer.chat_template is None:
+        what = f"the special token(s) {', '.join(missing)}" if missing else "a chat_template"
+        raise ChatFormatError(f"This tokenizer has no {what}: call utils.chat.add_chat_tokens(tokenizer) first "
+                              "(and resize the model's vocabulary to len(tokenizer)).")
+    return {token: added[token] for token in CHAT_TOKENS}
+
+
+def template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """``apply_chat_template``'s token ids as a plain list (in transformers 5 it returns a dict by default)."""
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                            return_dict=True)
+    return list(encoded["input_ids"])
+
+
+# --------------------------------------------------------------------------- one conversation
+
+
+def validate_chat(messages, where: str = "conversation") -> list[dict]:
+    """Check ``messages`` can be a training example; return the list of messages.
+
+    Accepts a list of messages or a conversation dict with a ``"messages"`` list (the
+    schema of ``utils.data``). The schema rules (roles, non-empty text, a system
+    message only first, user/assistant alternating from the user) are
+    ``utils.data.validate_conversation``'s, so errors name ``messages[i].role`` or
+    ``messages[i].content`` as in notebook 01. On top of them a training example
+    needs an assistant turn to learn from, and no message may contain a special
+    token as text (a ``<|end|>`` typed inside a reply would end the turn early).
+    """
+    conversation = messages if isinstance(messages, dict) else {"messages": messages}
+    try:
+        validate_conversation(conversation, where=where)
+    except DataFormatError as error:
+        raise ChatFormatError(str(error)) from None
+    messages = conversation["messages"]
+    for i, message in enumerate(messages):
+        for token in SPECIAL_TOKENS:
+            if token in message["content"]:
+                raise ChatFormatError(
+                    f"{where}, field messages[{i}].content: contains the special token {token} as text, "
+                    "which would break the turn structure. To fix: remove it from the text (or write it "
+                    "differently, e.g. '< |end| >')")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise ChatFormatError(
+            f"{where}, field messages: no assistant turn, so there is nothing to learn from. To fix: "
+            "add the assistant's reply after the user's turn, or leave the conversation out")
+    return messages
+
+
+def _encode_text(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def encode_conversation(tokenizer, messages) -> tuple[list[int], list[int]]:
+    """One conversation -> ``(input_ids, labels)``, two lists of the same length.
+
+    ``input_ids`` are exactly ``tokenizer.apply_chat_template(messages)["input_ids"]``.
+    ``labels[t]`` is ``input_ids[t]`` where that token is part of an assistant reply
+    (its text and the ``<|end|>`` that closes it) and -100 everywhere else: system,
+    user turns and all role markers are context, not targets. The labels are *not*
+    shifted; ``shifted_targets`` does that right before the loss.
+
+    How: the template puts a special token at every boundary (``<|user|>`` text
+    ``<|end|>``...), and tokenizers match special tokens before BPE runs, so no merge
+    ever crosses a boundary. Encoding segment by segment therefore gives the same ids
+    as encoding the whole text, and we know which segment every id came from. We still
+    check this against ``apply_chat_template`` and fail loudly if a tokenizer breaks it.
+    """
+    messages = validate_chat(messages)
+    ids_of = chat_token_ids(tokenizer)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for message in messages:
+        content = _encode_text(tokenizer, message["content"])
+        segment = [ids_of[ROLE_TOKENS[message["role"]]], *content, ids_of[END]]  # <|role|> text <|end|>
+        input_ids += segment
+        if message["role"] == "assistant":
+            labels += [IGNORE_INDEX, *segment[1:]]  # learn the reply and its <|end|>, not the marker
+        else:
+            labels += [IGNORE_INDEX] * len(segment)
+
+    expected = template_ids(tokenizer, messages)
+    if input_ids != expected:
+        raise ChatFormatError(
+            "Encoding the conversation turn by turn gave other ids than tokenizer.apply_chat_template "
+            f"({len(input_ids)} vs {len(expected)} tokens). This tokenizer changes text next to special "
+            "tokens (e.g. add_prefix_space or a normalizer that strips spaces); use a byte-level BPE "
+            "tokenizer such as GPT-2's or the course's, or set tokenizer.chat_template = CHAT_TEMPLATE.")
+    return input_ids, labels
+
+
+def format_prompt(tokenizer, messages) -> list[int]:
+    """Token ids that ask the model for the next assistant reply: the conversation so far + ``<|assistant|>``.
+
+    ``messages`` must end with a user turn (the question to answer). Generate from
+    these ids and stop when the model produces ``<|end|>``.
+    """
+    conversation = messages if isinstance(messages, dict) else {"messages": messages}
+    try:
+        validate_conversation(conversation, where="prompt")
+    except DataFormatError as error:
+        raise ChatFormatError(str(error)) from None
+    messages = conversation["messages"]
+    if messages[-1]["role"] != "user":
+        raise ChatFormatError(f"prompt, field messages[{len(messages) - 1}].role: the last message is "
+                              f"{messages[-1]['role']!r}, so there is nothing to reply to. To fix: end with "
+                              "the user's message")
+    chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens yet
+    return template_ids(tokenizer, messages, add_generation_prompt=True)
+
+
+# --------------------------------------------------------------------------- a dataset
+
+
+class ChatExample(NamedTuple):
+    """One encoded conversation; unpacks as ``input_ids, labels = example``."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class Skipped:
+    """A conversation ``encode_dataset`` left out, and why."""
+
+    index: int  # position in the list given to encode_dataset
+    reason: str
+
+    def __str__(self) -> str:
+        return f"conversation {self.index}: {self.reason}"
+
+
+class ChatDataset(list):
+    """A list of ``ChatExample`` (usable directly as a PyTorch dataset), plus what was cut or left out.
+
+    ``skipped``: conversations left out (bad format, or too long even after truncation).
+    ``truncated``: how many conversations lost their oldest turns to fit ``max_length``.
+    """
+
+    def __init__(self, examples: Iterable[ChatExample] = (), skipped: list[Skipped] | None = None,
+                 truncated: int = 0, max_length: int | None = None):
+        super().__init__(examples)
+        self.skipped = skipped or []
+        self.truncated = truncated
+        self.max_length = max_length
+
+    def summary(self) -> str:
+        lines = [f"encoded {len(self)} conversation(s) (max_length={self.max_length}): "
+                 f"{self.truncated} truncated to their newest turns, {len(self.skipped)} skipped"]
+        lines += [f"  - {problem}" for problem in self.skipped[:10]]
+        if len(self.skipped) > 10:
+            lines.append(f"  ... and {len(self.skipped) - 10} more (see .skipped)")
+        return "\n".join(lines)
+
+
+def _turn_pairs(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
+    """Split validated messages into (system messages, [[user, assistant], ...]).
+
+    A final user turn with no reply teaches nothing and is dropped.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    pairs = [turns[i:i + 2] for i in range(0, len(turns) - 1, 2)]
+    return system, pairs
+
+
+def truncate_conversation(tokenizer, messages, max_length: int) -> list[dict]:
+    """The newest whole turns that fit in ``max_length`` tokens, with the system message kept.
+
+    Oldest user/assistant pairs go first: the newest exchange is the one the model
+    learns to answer, the system message sets its behaviour, and cutting a turn in
+    the middle would train the model on a reply to a question it cannot see.
+    Raises ``ChatFormatError`` when even the system message and the last pair do not fit.
+    """
+    messages = validate_chat(messages)
+    chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens yet
+    system, pairs = _turn_pairs(messages)
+
+    def length(message_list: list[dict]) -> int:  # <|role|> + text + <|end|> per message
+        return sum(2 + len(_encode_text(tokenizer, m["content"])) for m in message_list)
+
+    budget = max_length - length(system)
+    kept: list[list[dict]] = []
+    for pair in reversed(pairs):  # newest first
+        cost = length(pair)
+        if cost > budget:
+            break
+        kept.insert(0, pair)
+        budget -= cost
+    if not kept:
+        need = length(system) + length(pairs[-1])
+        raise ChatFormatError(
+            f"the system message and the last user/assistant pair alone take {need} tokens, more than "
+            f"max_length={max_length}. To fix: raise max_length (up to the model's block_size), shorten "
+            "those messages, or leave the conversation out (encode_dataset(..., on_too_long='skip'))")
+    return system + [m for pair in kept for m in pair]
+
+
+def encode_dataset(tokenizer, conversations: Sequence, max_length: int,
+                   on_too_long: str = "skip", verbose: bool = True) -> ChatDataset:
+    """Encode many conversations into ``ChatExample``s of at most ``max_length`` tokens.
+
+    Each conversation is a list of messages or a dict with ``"messages"`` (a row of
+    notebook 01's dataset). Too long ones keep the system message and their newest
+    whole turns (``truncate_conversation``). A conversation whose last pair alone
+    does not fit, or that breaks the format, is skipped and listed in ``.skipped``
+    with ``on_too_long="skip"`` (default), or raises with ``on_too_long="error"``.
+    A summary is printed when anything was cut or skipped (``verbose=False``: silent).
+    """
+    if on_too_long not in ("skip", "error"):
+        raise ValueError(f"on_too_long={on_too_long!r}; use 'skip' or 'error'.")
+    if max_length < 4:
+        raise ValueError(f"max_length={max_length} cannot hold even one user/assistant pair (4 chat tokens).")
+    dataset = ChatDataset(max_length=max_length)
+    for index, conversation in enumerate(conversations):
+        try:
+            messages = validate_chat(conversation, where=f"conversation {index}")
+            kept = truncate_conversation(tokenizer, messages, max_length)
+            # Dropping the final unanswered user turn is not truncation; dropping pairs is.
+            system, pairs = _turn_pairs(messages)
+            if len(kept) < len(system) + 2 * len(pairs):
+                dataset.truncated += 1
+            example = ChatExample(*encode_conversation(tokenizer, kept))
+        except ChatFormatError as error:
+            if on_too_long == "error":
+                raise ChatFormatError(f"conversation {index}: {error}") from None
+            dataset.skipped.append(Skipped(index, str(error)))
+            continue
+        assert len(example.input_ids) <= max_length
+        dataset.append(example)
+    if verbose and (dataset.skipped or dataset.truncated):
+        print(dataset.summary())
+    return dataset
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class ChatCollator:
+    """Pads a list of examples into one batch: ``input_ids``, ``attention_mask``, ``labels``, each (B, T).
+
+    Right padding to the longest example in the batch (not to a fixed max_length:
+    short batches stay short). Padding gets ``pad_id`` in input_ids, 0 in the
+    attention mask and -100 in labels, so it is never learned. Our GPT does not need
+    the mask: with right padding and causal attention no real token ever looks at a
+    pad (pads come after it). Hugging Face models and token counting use it.
+
+    ``max_length``: optional check that no example is longer (truncate whole turns
+    with ``encode_dataset`` first; cutting here could split a reply from its question).
+    Use it as ``DataLoader(dataset, batch_size=8, collate_fn=ChatCollator(pad_id))``.
+    """
+
+    def __init__(self, pad_id: int, max_length: int | None = None):
+        if pad_id is None:
+            raise ValueError("ChatCollator needs a pad id: call add_chat_tokens(tokenizer) and pass "
+                             "tokenizer.pad_token_id.")
+        self.pad_id = pad_id
+        self.max_length = max_length
+
+    def __call__(self, batch) -> dict[str, torch.Tensor]:
+        return self.collate(batch)
+
+    def collate(self, batch) -> dict[str, torch.Tensor]:
+        pairs = [(b["input_ids"], b["labels"]) if isinstance(b, dict) else tuple(b) for b in batch]
+        if not pairs:
+            raise ValueError("ChatCollator got an empty batch.")
+        for i, (ids, labels) in enumerate(pairs):
+            if len(ids) != len(labels):
+                raise ValueError(f"batch item {i}: {len(ids)} input_ids but {len(labels)} labels; "
+                                 "they must be aligned (use encode_conversation).")
+            if self.max_length is not None and len(ids) > self.max_length:
+                raise ValueError(f"batch item {i} has {len(ids)} tokens, more than max_length={self.max_length}: "
+                                 "encode with encode_dataset(..., max_length) to drop whole old turns first.")
+        T = max(len(ids) for ids, _ in pairs)
+        B = len(pairs)
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        for row, (ids, lab) in enumerate(pairs):
+            n = len(ids)
+            input_ids[row, :n] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, :n] = 1
+            labels[row, :n] = torch.as_tensor(lab, dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Targets for ``GPT.forward(input_ids, targets)``: ``targets[:, t] = labels[:, t + 1]``.
+
+    The model at position t predicts the token at t + 1, so the label of token t + 1
+    is the target of position t. The last position has no next token: -100. This is
+    the one place the shift happens (the well-known tutorial mistake is to score
+    unshifted labels: the model is then asked for the token it already sees).
+
+        batch = collator(examples)
+        logits, loss = model(batch["input_ids"], shifted_targets(batch["labels"]))
+    """
+    pad = torch.full_like(labels[:, :1], IGNORE_INDEX)  # (B, 1)
+    return torch.cat([labels[:, 1:], pad], dim=1)  # (B, T)
+
+
+# --------------------------------------------------------------------------- the model's vocabulary
+
+
+@torch.no_grad()
+def resize_vocabulary(model, new_size: int):
+    """Grow our ``utils.model.GPT``'s token embedding (and its tied lm_head) to ``new_size`` rows.
+
+    Call it with ``len(tokenizer)`` after ``add_chat_tokens``, *before* creating the
+    optimizer (it holds the old tensor). The old rows are kept; each new row starts
+    as the mean of the old ones, so a new token starts as an "average token" and its
+    initial output probability is typical instead of random (a random vector can
+    get a huge logit and dominate the first steps). The lm_head stays tied to the
+    embedding. Returns the model.
+    """
+    old = model.transformer.wte.weight  # (V, C)
+    V, C = old.shape
+    if new_size < V:
+        raise ValueError(f"resize_vocabulary: the model already has {V} token ids, more than new_size={new_size}; "
+                         "it only grows (ids below V already work, no resize needed).")
+    if new_size == V:
+        return model
+    weight = torch.empty(new_size, C, dtype=old.dtype, device=old.device)  # (V', C)
+    weight[:V] = old
+    weight[V:] = old.mean(dim=0)  # (C,) broadcast over the new rows
+    model.transformer.wte = nn.Embedding(new_size, C, device=old.device, dtype=old.dtype)
+    model.lm_head = nn.Linear(C, new_size, bias=False, device=old.device, dtype=old.dtype)
+    model.transformer.wte.weight = nn.Parameter(weight, requires_grad=old.requires_grad)
+    model.lm_head.weight = model.transformer.wte.weight  # tied, as in GPT.__init__
+    model.config.vocab_size = new_size
+    return model
