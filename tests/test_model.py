@@ -161,6 +161,26 @@ def test_to_hf_gives_our_logits_and_round_trips():
         assert torch.equal(tensor, back.state_dict()[name]), name
 
 
+def test_training_gradients_equal_transformers():
+    """Same weights, same batch: the same loss and the same gradients (what the step benchmark compares)."""
+    from utils.model import CONV1D_WEIGHTS
+
+    ours = tiny_model(seed=4).train()  # dropout 0: train mode changes nothing but the flags
+    hf = ours.to_hf().train()
+    text = random_ids(3, 33)
+    idx, targets = text[:, :-1].contiguous(), text[:, 1:].contiguous()  # transformers' loss needs views
+    _, loss = ours(idx, targets)
+    hf_loss = hf(input_ids=idx, labels=targets, shift_labels=targets).loss  # already shifted
+    assert abs(loss.item() - hf_loss.item()) < 1e-6
+    loss.backward()
+    hf_loss.backward()
+    theirs = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        g = theirs[name].grad
+        g = g.t() if name.endswith(CONV1D_WEIGHTS) else g  # Conv1D (in, out) -> Linear (out, in)
+        assert (p.grad - g).abs().max().item() < 1e-6, name
+
+
 def test_to_hf_without_biases_uses_zero_biases():
     ours = tiny_model(bias=False)
     hf = ours.to_hf().eval()
