@@ -40,6 +40,17 @@ class Profile:
     bpe_train_chars: int  # characters our from-scratch BPE trains on
     bpe_vocab_size: int  # vocabulary of our from-scratch BPE
     tokenizer_vocab_size: int  # vocabulary of the course tokenizer (HF tokenizers)
+    # 04 pretraining: the GPT's shape and the training budget
+    n_layer: int  # transformer blocks
+    n_head: int  # attention heads per block
+    n_embd: int  # width of the residual stream
+    block_size: int  # tokens of context
+    batch_size: int  # sequences per micro-batch
+    grad_accum_steps: int  # micro-batches per optimizer step
+    max_iters: int  # optimizer steps
+    learning_rate: float  # peak learning rate (warm-up, then cosine to a tenth of it)
+    warmup_iters: int  # steps of linear warm-up
+    eval_interval: int  # steps between validation losses, samples and checkpoints
 
 
 PROFILES = {
@@ -51,6 +62,16 @@ PROFILES = {
         bpe_train_chars=60_000,
         bpe_vocab_size=320,
         tokenizer_vocab_size=1024,
+        n_layer=2,
+        n_head=2,
+        n_embd=64,
+        block_size=32,
+        batch_size=8,
+        grad_accum_steps=1,
+        max_iters=60,
+        learning_rate=3e-3,
+        warmup_iters=10,
+        eval_interval=30,
     ),
     "cpu": Profile(
         name="cpu",
@@ -60,6 +81,16 @@ PROFILES = {
         bpe_train_chars=1_000_000,
         bpe_vocab_size=512,
         tokenizer_vocab_size=4096,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=128,
+        batch_size=8,
+        grad_accum_steps=1,
+        max_iters=1000,
+        learning_rate=3e-3,
+        warmup_iters=50,
+        eval_interval=200,
     ),
     "gpu": Profile(
         name="gpu",
@@ -69,6 +100,16 @@ PROFILES = {
         bpe_train_chars=1_000_000,
         bpe_vocab_size=1024,
         tokenizer_vocab_size=8192,
+        n_layer=12,  # GPT-2 124M's shape (utils.model_sizes.GPT_PRESETS["gpt2"]), our vocabulary
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        batch_size=8,  # fits a 16 GB T4 in fp16
+        grad_accum_steps=4,  # 8 x 4 x 1024 = 32k tokens per step
+        max_iters=1000,
+        learning_rate=6e-4,
+        warmup_iters=100,
+        eval_interval=200,
     ),
 }
 

@@ -1,0 +1,207 @@
+"""Checkpoints: the weights, what they mean, and where training stood.
+
+A checkpoint is a folder of three files, each written atomically (a temp file
+beside it, then ``os.replace``), so a crash or Ctrl-C never leaves half a file:
+
+- ``model.safetensors``: the weights. safetensors stores plain tensors only (no
+  pickle, so loading runs no code) and refuses two names that share memory. Our
+  GPT ties ``lm_head.weight`` to ``transformer.wte.weight``, so we save that
+  matrix once and tie it again when loading.
+- ``config.json``: the ``GPTConfig``, the tokenizer's name and vocabulary size,
+  and the ``TrainConfig``: enough to rebuild the model and check its tokenizer.
+- ``training_state.pt``: optimizer state, step, best validation loss and every
+  random number generator's state (torch, numpy, Python, the batch sampler), so
+  a resumed run continues exactly where it stopped. It is read with
+  ``torch.load(..., weights_only=True)``, which only accepts tensors and plain
+  Python values: the RNG states are stored as tensors and strings for that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.model import GPT, GPTConfig
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.pt"
+TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept) : one matrix
+
+
+def unwrap(model: torch.nn.Module) -> GPT:
+    """The plain GPT inside DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _atomic(path: Path, write) -> None:
+    """Call ``write(temp_path)``, then rename the temp file to ``path`` (same folder: atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with the tied output matrix stored once (safetensors refuses shared tensors)."""
+    state = unwrap(model).state_dict()
+    dropped, kept = TIED
+    if dropped in state and state[dropped].data_ptr() == state[kept].data_ptr():
+        del state[dropped]
+    return {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+
+
+def save_model(
+    model: torch.nn.Module,
+    folder: str | os.PathLike,
+    tokenizer_name: str | None = None,
+    vocab_size: int | None = None,
+    step: int | None = None,
+    train_config: dict | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    gpt = unwrap(model)
+    metadata = {"format": "pt", "step": str(step if step is not None else -1)}
+    _atomic(folder / MODEL_FILE, lambda tmp: save_file(model_tensors(gpt), tmp, metadata=metadata))
+    card = {
+        "model": dataclasses.asdict(gpt.config),
+        "tokenizer": tokenizer_name,
+        "vocab_size": int(vocab_size if vocab_size is not None else gpt.config.vocab_size),
+        "step": step,
+        "train": train_config,
+    }
+    text = json.dumps(card, indent=2, default=str)
+    _atomic(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {folder} is not a checkpoint folder (train one first).")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from None
+
+
+def gpt_config_from(card: dict) -> GPTConfig:
+    """GPTConfig from config.json, ignoring fields this version of GPTConfig does not know."""
+    known = {f.name for f in dataclasses.fields(GPTConfig)}
+    return GPTConfig(**{k: v for k, v in card["model"].items() if k in known})
+
+
+def load_weights(model: torch.nn.Module, folder: str | os.PathLike) -> int:
+    """Load ``model.safetensors`` into ``model`` (re-tying the output layer); return the saved step."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(folder) / MODEL_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: no weights in {folder}.")
+    gpt = unwrap(model)
+    tensors = load_file(str(path), device=str(gpt.transformer.wte.weight.device))
+    missing, unexpected = gpt.load_state_dict(tensors, strict=False)
+    if unexpected or set(missing) - {TIED[0]}:
+        raise ValueError(f"{path}: weights do not match the model (missing {missing}, unexpected {unexpected}).")
+    gpt.lm_head.weight = gpt.transformer.wte.weight  # tie again (load_state_dict copies values only)
+    with safe_open(str(path), framework="pt") as f:
+        return int((f.metadata() or {}).get("step", -1))
+
+
+def load_checkpoint(folder: str | os.PathLike, tokenizer=None, device: str = "cpu") -> GPT:
+    """The GPT saved in ``folder``; with ``tokenizer``, check first that its vocabulary is the model's.
+
+    A model trained with another tokenizer would read every id as a different token:
+    it loads without complaint and writes nonsense, so we refuse it here.
+    """
+    card = read_config(folder)
+    if tokenizer is not None:
+        from utils.token_files import vocabulary_size
+
+        theirs, ours = vocabulary_size(tokenizer), card["vocab_size"]
+        if theirs != ours:
+            raise ValueError(
+                f"{Path(folder) / CONFIG_FILE}: the checkpoint was trained with a vocabulary of {ours:,} tokens "
+                f"(tokenizer {card.get('tokenizer')!r}) but the tokenizer given has {theirs:,}: use the tokenizer "
+                "the model was trained with (saved beside it), or train a new model for this one."
+            )
+    model = GPT(gpt_config_from(card)).to(device)
+    load_weights(model, folder)
+    return model.eval()
+
+
+# ---- random number generators, as tensors and strings (torch.load(weights_only=True) accepts them) ----
+
+
+def rng_state(sampler: np.random.Generator | None = None) -> dict:
+    """Every generator training draws from: torch (dropout), CUDA, numpy, Python, the batch sampler."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": json.dumps(np.random.get_state(legacy=False), default=_jsonable),
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if sampler is not None:
+        state["sampler"] = json.dumps(sampler.bit_generator.state)
+    return state
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(f"cannot store {type(value)} in an RNG state")
+
+
+def set_rng_state(state: dict, sampler: np.random.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy_state = json.loads(state["numpy"])
+    np.random.set_state(
+        (numpy_state["bit_generator"], np.array(numpy_state["state"]["key"], dtype=np.uint32),
+         numpy_state["state"]["pos"], numpy_state["has_gauss"], numpy_state["gauss"])
+    )
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if sampler is not None and "sampler" in state:
+        sampler.bit_generator.state = json.loads(state["sampler"])
+
+
+def save_training_state(state: dict, folder: str | os.PathLike) -> Path:
+    path = Path(folder) / STATE_FILE
+    _atomic(path, lambda tmp: torch.save(state, tmp))
+    return path
+
+
+def load_training_state(folder: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(folder) / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: there is no run to resume in {folder}; start one without --resume."
+        )
+    return torch.load(path, map_location=map_location, weights_only=True)
