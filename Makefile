@@ -37,8 +37,12 @@ nbval: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab
 
+# Speed and quality against a reference library measured in the same run (minutes; Shakespeare: ~6 min)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bpe_training_speed.py
+	$(BIN)/python benchmarks/gpt_step_speed.py
+	$(BIN)/python benchmarks/kv_cache_speed.py
+	$(BIN)/python benchmarks/shakespeare_quality.py
 
 clean:
 	rm -rf build data/processed data/nltk_data checkpoints
