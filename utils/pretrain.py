@@ -177,13 +177,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dist_info, _ = training.setup_distributed(args.device)
-    try:
+    if dist_info.world_size == 1:
         return run(args, dist_info)
-    finally:
-        if dist_info.world_size > 1:
-            import torch.distributed as dist
+    import torch.distributed as dist
 
-            dist.destroy_process_group()
+    try:
+        metrics = run(args, dist_info)
+        dist.barrier()  # rank 0 may still be writing files: nobody tears the group down before all are done
+        return metrics
+    finally:
+        dist.destroy_process_group()
 
 
 def run(args, dist_info) -> dict:
