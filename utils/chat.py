@@ -431,3 +431,197 @@ def resize_vocabulary(model, new_size: int):
     model.lm_head.weight = model.transformer.wte.weight  # tied, as in GPT.__init__
     model.config.vocab_size = new_size
     return model
+
+
+# --------------------------------------------------------------------------- talking to a model (06)
+
+
+def prompt_budget(block_size: int, max_new_tokens: int) -> int:
+    """Tokens a prompt may take: what leaves ``max_new_tokens`` of room, but at least half the context.
+
+    Past ``block_size`` the model's window slides (``GPT.generate`` recomputes on the last
+    block_size tokens), so a long reply still works; it just sees less of the prompt.
+    """
+    return max(block_size - max_new_tokens, block_size // 2)
+
+
+def crop_prompt(tokenizer, messages, block_size: int, max_new_tokens: int = 0) -> list[int]:
+    """``format_prompt`` ids of the newest turns that fit ``prompt_budget``; the system message stays.
+
+    Our decision for a chat longer than the context: drop the *oldest* user/assistant
+    pairs (as ``truncate_conversation`` does for training), never cut a message in the
+    middle. When the system message and the last user message alone do not fit, raise
+    ``ChatFormatError`` saying by how much (shorten the message, or /reset).
+    """
+    conversation = messages if isinstance(messages, dict) else {"messages": messages}
+    messages = list(conversation["messages"])
+    budget = prompt_budget(block_size, max_new_tokens)
+    ids = format_prompt(tokenizer, messages)  # validates; the last message must be the user's
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    while len(ids) > budget and len(turns) > 1:
+        turns = turns[2:]  # the oldest user message and the reply to it
+        ids = format_prompt(tokenizer, system + turns)
+    if len(ids) > budget:
+        raise ChatFormatError(
+            f"prompt: the last user message (with the system message) takes {len(ids)} tokens, but the "
+            f"model's context is {block_size} tokens and {max_new_tokens} are kept for the reply "
+            f"(budget {budget}). To fix: write a shorter message (or system prompt), or ask for fewer tokens.")
+    return ids
+
+
+@torch.no_grad()
+def generate_reply(model, tokenizer, messages, max_new_tokens: int = 64, temperature: float = 0.8,
+                   top_k: int | None = 50, top_p: float | None = None, generator: torch.Generator | None = None,
+                   stream=None) -> str:
+    """The model's next assistant reply to ``messages`` (which end with the user's turn), as text.
+
+    - The prompt is ``format_prompt`` (conversation + ``<|assistant|>``); the oldest turns
+      are dropped when it does not fit the context (``crop_prompt``; a single message that is
+      too long raises ``ChatFormatError``).
+    - Tokens are sampled one at a time with a KV cache (``utils.model.KVCache``): each step
+      feeds only the newest token. When the window is full it slides, without the cache.
+    - Generation stops at ``<|end|>`` (or any other special token: a ``<|user|>`` means the
+      model started writing the user's part) or after ``max_new_tokens``.
+    - ``stream``: called with each new piece of text as soon as it is known (a chat box, a
+      terminal). Pieces are whole characters: a multi-byte character split over two tokens
+      is sent when complete.
+    """
+    from utils.model import KVCache, sample_next_token
+
+    ids = crop_prompt(tokenizer, messages, model.config.block_size, max_new_tokens)
+    stop_ids = set(tokenizer.all_special_ids)
+    device = next(model.parameters()).device
+    block_size = model.config.block_size
+    was_training = model.training
+    model.eval()
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    cache = KVCache(model.config.n_layer)
+    logits, _ = model(idx, cache=cache)  # (1, T, V)
+    reply: list[int] = []
+    sent = ""
+    try:
+        for _ in range(max_new_tokens):
+            next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1, 1)
+            token = int(next_id)
+            if token in stop_ids:
+                break
+            reply.append(token)
+            if stream is not None:
+                text = tokenizer.decode(reply, skip_special_tokens=True)
+                if not text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
+                    stream(text[len(sent):])
+                    sent = text
+            idx = torch.cat([idx, next_id], dim=1)  # (1, T + 1)
+            if cache is not None and len(cache) < block_size:
+                logits, _ = model(next_id, cache=cache)  # (1, 1, V): only the newest token
+            else:  # the window is full: slide it and recompute (cached positions would be stale)
+                cache = None
+                logits, _ = model(idx[:, -block_size:])  # (1, block_size, V)
+    finally:
+        model.train(was_training)
+    text = tokenizer.decode(reply, skip_special_tokens=True)
+    if stream is not None and text[len(sent):]:
+        stream(text[len(sent):])
+    return text
+
+
+def load_chat_model(folder, device: str = "cpu"):
+    """``(model, tokenizer)`` from a chat checkpoint (``folder`` + ``folder/tokenizer``) or an ``export_hf`` folder.
+
+    The vocabulary sizes are checked (``load_checkpoint`` refuses a tokenizer the model
+    was not trained with) and the tokenizer must have the chat tokens.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from utils.checkpoint import CONFIG_FILE, load_checkpoint
+    from utils.model import GPT
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} does not exist: {folder} is not a checkpoint folder "
+                                "(fine-tune one in notebook 06, or pass the folder export_hf wrote).")
+    card = json.loads(config_path.read_text(encoding="utf-8"))
+    if card.get("model_type") == "gpt2":  # a Hugging Face folder (export_hf)
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = GPT.from_hf(AutoModelForCausalLM.from_pretrained(str(folder))).to(device).eval()
+    else:
+        tokenizer_dir = folder / "tokenizer"
+        if not tokenizer_dir.exists():
+            raise FileNotFoundError(f"{tokenizer_dir} does not exist: a chat checkpoint keeps its tokenizer "
+                                    "there (utils.finetune.fine_tune saves it).")
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        model = load_checkpoint(folder, tokenizer=tokenizer, device=device)
+    chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens
+    return model, tokenizer
+
+
+HELP = "Type a message and press Enter. /reset starts a new conversation, /quit (or Ctrl-D) leaves."
+
+
+def main(argv=None) -> int:
+    """``python -m utils.chat --checkpoint DIR``: chat with a model in the terminal (stdin lines).
+
+    Works with piped input too: ``echo "hi there" | python -m utils.chat --checkpoint DIR``.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m utils.chat", description="Chat with a fine-tuned model.")
+    parser.add_argument("--checkpoint", required=True, help="chat checkpoint folder (or an export_hf folder)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--system", default=None, help="a system message at the start of every conversation")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    try:
+        model, tokenizer = load_chat_model(args.checkpoint, device=args.device)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    interactive = sys.stdin.isatty()
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
+    print(HELP)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/quit":
+            break
+        if text == "/reset":
+            history = list(start)
+            print("(new conversation)")
+            continue
+        history.append({"role": "user", "content": text})
+        print("assistant> ", end="", flush=True)
+        try:
+            reply = generate_reply(model, tokenizer, history, args.max_new_tokens, args.temperature, args.top_k,
+                                   args.top_p, generator, stream=lambda piece: print(piece, end="", flush=True))
+        except ChatFormatError as error:
+            history.pop()
+            print(f"\n(error: {error})")
+            continue
+        print()
+        history.append({"role": "assistant", "content": reply or "..."})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Tests of utils.finetune and the chat front ends: SFT labels and loss, LoRA, evaluation, export, the CLI."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils import checkpoint as ckpt
+from utils import finetune as ft
+from utils.chat import (
+    IGNORE_INDEX,
+    ChatFormatError,
+    add_chat_tokens,
+    crop_prompt,
+    encode_dataset,
+    format_prompt,
+    generate_reply,
+    load_chat_model,
+)
+from utils.model import GPT, GPTConfig
+from utils.tokenization import train_course_tokenizer
+from utils.training import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "hi, how are you?"}, {"role": "assistant", "content": "I am fine, thanks!"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "what is your name?"},
+     {"role": "assistant", "content": "I am a small model."}],
+    [{"role": "user", "content": "do you like dogs?"}, {"role": "assistant", "content": "Yes, I like dogs a lot."},
+     {"role": "user", "content": "why?"}, {"role": "assistant", "content": "They are kind and fun."}],
+    [{"role": "user", "content": "good morning"}, {"role": "assistant", "content": "Good morning to you too!"}],
+    [{"role": "user", "content": "tell me a joke"}, {"role": "assistant", "content": "I am fine, thanks!"}],
+    [{"role": "user", "content": "where do you live?"}, {"role": "assistant", "content": "In a small computer."}],
+]
+TEXTS = [m["content"] for c in CONVERSATIONS for m in c] * 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return add_chat_tokens(train_course_tokenizer(TEXTS, 300, tmp_path_factory.mktemp("tok")))
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer):
+    return encode_dataset(tokenizer, CONVERSATIONS, max_length=64, verbose=False)
+
+
+def tiny_gpt(tokenizer, seed=0, block_size=64):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=len(tokenizer), block_size=block_size, n_layer=2, n_head=2, n_embd=32))
+
+
+def sft_cfg(steps=30, lr=3e-3, **kw):
+    return TrainConfig(batch_size=4, block_size=64, max_iters=steps, learning_rate=lr, min_lr=lr / 10,
+                       warmup_iters=2, eval_interval=steps, eval_iters=2, log_interval=5, device="cpu",
+                       progress=False, verbose=False, seed=3, **kw)
+
+
+def test_batches_score_only_assistant_tokens(tokenizer, examples):
+    batch_fn = ft.sft_batches(examples, examples, batch_size=6, pad_id=tokenizer.pad_token_id)
+    x, y = batch_fn("train", np.random.default_rng(0))
+    assert x.shape == y.shape
+    assert (x == tokenizer.pad_token_id).any()  # some rows are padded
+    user_id, assistant_id, end_id = tokenizer.convert_tokens_to_ids(["<|user|>", "<|assistant|>", "<|end|>"])
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        role = None
+        for t, token in enumerate(row_x):
+            if token in (user_id, assistant_id) or token == tokenizer.convert_tokens_to_ids("<|system|>"):
+                role = token
+            if t + 1 < len(row_x):
+                nxt = row_x[t + 1]
+                if row_y[t] != IGNORE_INDEX:
+                    assert row_y[t] == nxt  # shifted: position t predicts token t + 1
+                    assert nxt != tokenizer.pad_token_id  # padding is never learned
+                    # the target sits in an assistant turn (its text or its closing <|end|>)
+                    in_assistant = role == assistant_id and nxt != assistant_id
+                    assert in_assistant, (t, row_x)
+                elif role == assistant_id and nxt not in (tokenizer.pad_token_id, user_id, assistant_id):
+                    raise AssertionError(f"assistant token {nxt} at {t + 1} not learned")
+            if token == end_id and role == assistant_id:
+                role = None
+    # the real-token counter ignores padding
+    assert batch_fn.real_tokens == int((x != tokenizer.pad_token_id).sum())
+
+
+def test_sft_lowers_assistant_loss_through_the_shared_loop(tokenizer, examples, tmp_path):
+    model = tiny_gpt(tokenizer)
+    before = ft.assistant_perplexity(model, examples, tokenizer.pad_token_id)
+    metrics = ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(), out_dir=tmp_path / "chat")
+    after = ft.assistant_perplexity(model, examples, tokenizer.pad_token_id)
+    assert after < before / 3, (before, after)
+    assert metrics["iters"] == 30 and metrics["real_tokens_per_second"] > 0
+    # the folder is a chat checkpoint: CLI and load_chat_model read it
+    loaded, tok = load_chat_model(tmp_path / "chat")
+    assert len(tok) == len(tokenizer)
+    ids = torch.tensor([format_prompt(tokenizer, CONVERSATIONS[0][:1])])
+    assert torch.allclose(loaded(ids)[0], model.eval()(ids)[0], atol=1e-6)
+
+
+def test_sft_resume_is_exact(tokenizer, examples, tmp_path):
+    straight = tiny_gpt(tokenizer)
+    ft.fine_tune(straight, tokenizer, examples, examples, sft_cfg(6, lr_decay_iters=6))
+    first = tiny_gpt(tokenizer)
+    ft.fine_tune(first, tokenizer, examples, examples, sft_cfg(3, lr_decay_iters=6), out_dir=tmp_path)
+    second = tiny_gpt(tokenizer, seed=99)
+    ft.fine_tune(second, tokenizer, examples, examples, sft_cfg(6, lr_decay_iters=6), out_dir=tmp_path, resume=True)
+    for a, b in zip(straight.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_lora_freezes_base_trains_adapters_and_merges(tokenizer, examples):
+    model = ft.apply_lora(tiny_gpt(tokenizer), r=4, alpha=8)
+    trainable, total = ft.trainable_parameters(model)
+    assert 0 < trainable < total / 5
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(8, lr=1e-2, weight_decay=0.0))
+    for name, p in model.named_parameters():
+        if name in base:
+            assert torch.equal(p, base[name]), f"{name} changed"
+    ids = torch.tensor([format_prompt(tokenizer, CONVERSATIONS[2][:3])])
+    model.eval()
+    lora_logits = model(ids)[0]
+    merged = ft.merge_lora(copy.deepcopy(model))
+    assert type(merged) is GPT and not ft.has_lora(merged)
+    assert not any("lora" in name for name in merged.state_dict())
+    assert torch.allclose(merged(ids)[0], lora_logits, atol=1e-5)
+    assert not torch.allclose(tiny_gpt(tokenizer).eval()(ids)[0], lora_logits, atol=1e-3)  # adapters learned
+
+
+def test_export_loads_offline_in_transformers(tokenizer, examples, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tiny_gpt(tokenizer)
+    ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(10))
+    out = ft.export_hf(model, tokenizer, tmp_path / "hf", max_new_tokens=8)
+    hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.chat_template and len(tok) == len(tokenizer)
+    messages = CONVERSATIONS[1][:2]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == format_prompt(tokenizer, messages)
+    x = torch.tensor([ids])
+    assert torch.allclose(hf(x).logits, model.eval()(x)[0], atol=1e-5)
+    assert hf.generation_config.eos_token_id[0] == tok.convert_tokens_to_ids("<|end|>")
+    chat = pipeline("text-generation", model=str(out))
+    result = chat(messages, do_sample=False)
+    conversation = result[0]["generated_text"]
+    assert conversation[-1]["role"] == "assistant" and isinstance(conversation[-1]["content"], str)
+    # our loader reads the exported folder too
+    again, _ = load_chat_model(out)
+    assert torch.allclose(again(x)[0], hf(x).logits, atol=1e-5)
+
+
+def test_checkpoint_vocabulary_mismatch_is_refused(tokenizer, tmp_path):
+    model = tiny_gpt(tokenizer)
+    ckpt.save_model(model, tmp_path, "chat", len(tokenizer))
+    other = add_chat_tokens(train_course_tokenizer(TEXTS, 280, tmp_path / "tokenizer"))
+    other.save_pretrained(str(tmp_path / "tokenizer"))
+    with pytest.raises(ValueError, match="vocabulary"):
+        load_chat_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        load_chat_model(tmp_path / "missing")
+
+
+def test_generate_reply_crops_old_turns_streams_and_stops(tokenizer):
+    model = tiny_gpt(tokenizer, block_size=40)
+    long_chat = CONVERSATIONS[2] * 3 + [{"role": "user", "content": "and you?"}]
+    ids = crop_prompt(tokenizer, long_chat, block_size=40, max_new_tokens=16)
+    assert len(ids) <= 24 and ids[-3:] == format_prompt(tokenizer, long_chat[-1:])[-3:]
+    pieces = []
+    reply = generate_reply(model, tokenizer, long_chat, max_new_tokens=30, temperature=0.0, stream=pieces.append)
+    assert reply == "".join(pieces)
+    assert "<|" not in reply
+    with pytest.raises(ChatFormatError, match="last user message"):
+        crop_prompt(tokenizer, [{"role": "user", "content": "why? " * 40}], block_size=40, max_new_tokens=8)
+
+
+def test_cli_answers_piped_messages(tokenizer, tmp_path):
+    model = tiny_gpt(tokenizer)
+    ckpt.save_model(model, tmp_path, "chat", len(tokenizer))
+    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "utils.chat", "--checkpoint", str(tmp_path), "--max-new-tokens", "5"],
+        input="hello there\n/reset\nhow are you?\n/quit\nnever read\n", capture_output=True, text=True,
+        cwd=REPO, env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("assistant> ") == 2
+    assert "(new conversation)" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "utils.chat", "--checkpoint", str(tmp_path / "nope")],
+                         input="", capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert bad.returncode == 2 and "not a checkpoint" in bad.stderr

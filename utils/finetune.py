@@ -1,0 +1,382 @@
+"""Supervised fine-tuning (SFT) into a chat model, LoRA, before/after evaluation and export.
+
+Notebook 06 builds each idea in front of the learner and then uses these functions:
+
+- ``sft_batches``: padded chat batches whose targets are shifted and -100 everywhere
+  except assistant tokens. It is only a ``batch_fn`` for ``utils.training.train``:
+  fine-tuning runs through the *same* loop as pretraining (warm-up, cosine, clipping,
+  checkpoints, exact resume); only the batches change.
+- ``apply_lora`` / ``merge_lora``: low-rank adapters with ``peft``, injected into our
+  GPT in place (it stays a ``GPT``, so ``train``, ``generate`` and checkpoints work
+  unchanged), and merged back into plain weights for export.
+- ``assistant_perplexity``, ``format_adherence``, ``pretraining_perplexity``: the
+  before/after table (does it answer better, does it stop where a reply ends, what
+  did it forget of plain text).
+- ``export_hf``: a folder that ``transformers`` loads on its own
+  (``AutoModelForCausalLM``, ``AutoTokenizer`` with the chat template, ``pipeline``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from utils import checkpoint as ckpt
+from utils import training
+from utils.chat import (
+    END,
+    IGNORE_INDEX,
+    ChatCollator,
+    ChatFormatError,
+    add_chat_tokens,
+    chat_token_ids,
+    crop_prompt,
+    resize_vocabulary,
+    shifted_targets,
+)
+from utils.model import GPT
+
+LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # every Linear inside the blocks (c_proj: attention and MLP)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def sft_config(profile, seed: int = 1337, lora: bool = False) -> training.TrainConfig:
+    """The fine-tuning budget of a profile as a ``TrainConfig``.
+
+    Fine-tuning starts from a model that already knows the language, so it uses a
+    lower peak learning rate than pretraining (large steps would erase what it knows:
+    forgetting) and far fewer steps. LoRA trains only small fresh matrices, which
+    tolerate (and need) a higher rate; weight decay would pull the adapters to zero,
+    so it is off for them.
+    """
+    steps = {"ci": 150, "cpu": 600, "gpu": 600}.get(profile.name, 400)
+    batch = {"ci": 8, "cpu": 16, "gpu": 8}.get(profile.name, 16)
+    peak = profile.learning_rate / 3 if not lora else profile.learning_rate * 2
+    return training.TrainConfig(
+        batch_size=batch,
+        block_size=profile.block_size,
+        grad_accum_steps=profile.grad_accum_steps,
+        max_iters=steps,
+        learning_rate=peak,
+        min_lr=peak / 10,
+        warmup_iters=max(2, steps // 20),
+        weight_decay=0.0 if lora else 0.1,
+        eval_interval=max(1, steps // 4),
+        eval_iters=5 if profile.name == "ci" else 20,
+        log_interval=max(1, steps // 50),
+        seed=seed,
+        progress=profile.name != "ci",
+        verbose=profile.name != "ci",
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_conversations(cfg) -> dict[str, list[dict]]:
+    """The cleaned conversation splits of notebook 02 (rebuilt with a message when missing)."""
+    from utils import corpus, data
+
+    files = corpus.ensure_corpus(cfg)
+    splits = data.load_saved_splits(files.conversations)
+    return {name: list(splits[name]) for name in splits}
+
+
+def prepare_chat_model(model: GPT, tokenizer):
+    """Chat tokens on the tokenizer and room for them in the model (no-op for the course tokenizer)."""
+    add_chat_tokens(tokenizer)
+    if len(tokenizer) > model.config.vocab_size:
+        resize_vocabulary(model, len(tokenizer))
+    return model, tokenizer
+
+
+class SFTBatches:
+    """``batch_fn(split, generator) -> (x, y)`` for ``training.train``: random padded chat batches.
+
+    x is the padded ``input_ids`` (B, T) and y = ``shifted_targets(labels)``: the next
+    token where that token belongs to an assistant reply, -100 elsewhere (system,
+    user, role markers, padding). The examples are drawn with the generator the loop
+    passes in, so a resumed run draws the same batches as an uninterrupted one.
+
+    ``real_tokens``: non-pad tokens of the batches drawn with the *training* sampler
+    (the first generator seen for "train"; ``estimate_loss`` uses fresh ones), for an
+    honest tokens/s: the loop's own figure counts batch_size x block_size, pads and all.
+    """
+
+    def __init__(self, train_examples, val_examples, batch_size: int, pad_id: int, device="cpu"):
+        for name, examples in (("train", train_examples), ("val", val_examples)):
+            if len(examples) == 0:
+                raise ValueError(f"sft_batches: no {name} examples (encode_dataset skipped them all? "
+                                 "raise max_length or check the conversations).")
+        self.examples = {"train": train_examples, "val": val_examples}
+        self.batch_size = batch_size
+        self.collate = ChatCollator(pad_id)
+        self.device = device
+        self.real_tokens = 0
+        self._sampler = None
+
+    def __call__(self, split: str, generator: np.random.Generator):
+        examples = self.examples[split]
+        rows = generator.integers(0, len(examples), size=self.batch_size)  # (B,)
+        batch = self.collate([examples[int(i)] for i in rows])
+        if split == "train":
+            if self._sampler is None:
+                self._sampler = generator
+            if generator is self._sampler:
+                self.real_tokens += int(batch["attention_mask"].sum())
+        x = batch["input_ids"].to(self.device)  # (B, T)
+        y = shifted_targets(batch["labels"]).to(self.device)  # (B, T)
+        return x, y
+
+
+def sft_batches(train_examples, val_examples, batch_size: int, pad_id: int, device="cpu") -> SFTBatches:
+    """The ``batch_fn`` of supervised fine-tuning (see ``SFTBatches``)."""
+    return SFTBatches(train_examples, val_examples, batch_size, pad_id, device)
+
+
+def fine_tune(model, tokenizer, train_examples, val_examples, cfg: training.TrainConfig,
+              out_dir: str | os.PathLike | None = None, resume: bool = False, callback=None) -> dict:
+    """SFT = ``training.train`` with chat batches. Returns train's metrics plus real (non-pad) tokens/s.
+
+    With ``out_dir``, the folder ends up a chat checkpoint: weights, config and the
+    tokenizer in ``out_dir/tokenizer`` (``utils.chat.load_chat_model`` and
+    ``python -m utils.chat --checkpoint out_dir`` read it). A LoRA model keeps its
+    resumable training state in ``out_dir/lora_run`` and ``out_dir`` gets the merged
+    weights (a plain GPT).
+    """
+    device = training.resolve_device(cfg.device)
+    batch_fn = sft_batches(train_examples, val_examples, cfg.batch_size, tokenizer.pad_token_id, device)
+    lora = has_lora(model)
+    run_dir = None if out_dir is None else (Path(out_dir) / "lora_run" if lora else Path(out_dir))
+    metrics = training.train(model, cfg=cfg, out_dir=run_dir, resume=resume, batch_fn=batch_fn,
+                             callback=callback, tokenizer_name="chat")
+    metrics["real_tokens"] = batch_fn.real_tokens
+    metrics["real_tokens_per_second"] = batch_fn.real_tokens / max(metrics["train_seconds"], 1e-9)
+    if out_dir is not None:
+        if lora:
+            merged = merge_lora(copy.deepcopy(model))
+            ckpt.save_model(merged, out_dir, "chat", len(tokenizer), metrics["iters"])
+        tokenizer.save_pretrained(str(Path(out_dir) / "tokenizer"))
+    return metrics
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def apply_lora(model: GPT, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+               target_modules=LORA_TARGETS) -> GPT:
+    """Freeze ``model`` and add LoRA adapters to its Linear layers, in place; returns the same GPT.
+
+    LoRA (Hu et al., 2021) learns the *change* of a weight matrix W (out x in) as a
+    product B A of two thin matrices, B (out x r) and A (r x in): r x (in + out)
+    numbers instead of in x out. Each adapted layer computes W x + (alpha / r) B A x;
+    B starts at zero, so the model is unchanged at step 0. Only A and B train.
+
+    ``peft.inject_adapter_in_model`` replaces each matching ``nn.Linear`` by a LoRA layer
+    wrapping it and freezes everything else; unlike ``get_peft_model`` it leaves no
+    wrapper object around our GPT, so ``forward(idx, targets)``, ``generate``,
+    ``training.train`` and the checkpoints work as before.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if has_lora(model):
+        raise ValueError("apply_lora: this model already has LoRA adapters; merge_lora(model) first.")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                        bias="none")
+    return inject_adapter_in_model(config, model)
+
+
+def has_lora(model) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(m, LoraLayer) for m in ckpt.unwrap(model).modules())
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(parameters that train, all parameters); a tied matrix counts once."""
+    params = list(ckpt.unwrap(model).parameters())  # parameters() yields a shared tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@torch.no_grad()
+def merge_lora(model: GPT) -> GPT:
+    """Fold every adapter into its weight (W <- W + alpha/r B A) and put the plain Linear back; in place.
+
+    The result is an ordinary ``GPT`` with ordinary parameter names (it saves, loads
+    and exports like any other) and gives the same logits as the adapted model.
+    All parameters are trainable again, as in a fresh GPT.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    gpt = ckpt.unwrap(model)
+    targets = [(name, module) for name, module in gpt.named_modules() if isinstance(module, LoraLayer)]
+    for name, module in targets:
+        module.merge()  # base_layer.weight += scaling * B @ A
+        parent_name, _, child = name.rpartition(".")
+        parent = gpt.get_submodule(parent_name) if parent_name else gpt
+        setattr(parent, child, module.get_base_layer())
+    for p in gpt.parameters():
+        p.requires_grad_(True)
+    return gpt
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def assistant_losses(model, examples, pad_id: int, batch_size: int = 16) -> tuple[float, int]:
+    """(summed cross-entropy in nats, number of tokens) over the assistant tokens of ``examples``."""
+    collate = ChatCollator(pad_id)
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = collate(list(examples[start:start + batch_size]))
+            x = batch["input_ids"].to(device)  # (B, T)
+            y = shifted_targets(batch["labels"]).to(device)  # (B, T)
+            logits, _ = model(x)  # (B, T, V)
+            nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX,
+                                  reduction="sum")
+            total += float(nll)
+            count += int((y != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+def assistant_perplexity(model, examples, pad_id: int, batch_size: int = 16) -> float:
+    """exp(mean cross-entropy) over assistant tokens only (replies and their ``<|end|>``), held out.
+
+    The pretraining perplexity scores every token; a chat model is judged on its
+    replies: how surprised is it by what a human actually answered, given the
+    conversation so far?
+    """
+    total, count = assistant_losses(model, examples, pad_id, batch_size)
+    if count == 0:
+        raise ValueError("assistant_perplexity: the examples contain no assistant tokens.")
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def chat_replies(model, tokenizer, conversations, max_new_tokens: int = 32, temperature: float = 0.0,
+                 seed: int = 0) -> list[dict]:
+    """For each conversation: the model's reply to its first user turn (with the system message).
+
+    Returns ``{"prompt": messages, "reply": text, "ended": bool, "n_tokens": int}``; ``ended`` is
+    True when the model closed its reply with ``<|end|>`` within ``max_new_tokens``.
+    """
+    end_id = chat_token_ids(tokenizer)[END]
+    generator = torch.Generator(device=_device(model)).manual_seed(seed)
+    out = []
+    for conversation in conversations:
+        messages = conversation["messages"] if isinstance(conversation, dict) else conversation
+        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        prompt_messages = messages[:first_user + 1]
+        try:
+            ids = crop_prompt(tokenizer, prompt_messages, model.config.block_size, max_new_tokens)
+        except ChatFormatError:
+            continue  # a first message longer than the context: nothing fair to ask
+        idx = torch.tensor([ids], dtype=torch.long, device=_device(model))  # (1, T)
+        new = model.generate(idx, max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
+                             generator=generator, eos_id=end_id)[0, len(ids):].tolist()
+        ended = end_id in new
+        reply_ids = new[:new.index(end_id)] if ended else new
+        out.append({"prompt": prompt_messages, "reply": tokenizer.decode(reply_ids, skip_special_tokens=True),
+                    "ended": ended, "n_tokens": len(reply_ids)})
+    return out
+
+
+def format_adherence(model, tokenizer, conversations, max_new_tokens: int = 32) -> float:
+    """Share of greedy replies that end with ``<|end|>`` within ``max_new_tokens``.
+
+    A pretrained model has never seen ``<|end|>`` used: it rambles on, writes the
+    user's next line too, or stops nowhere. After SFT it should close its turn.
+    """
+    replies = chat_replies(model, tokenizer, conversations, max_new_tokens)
+    if not replies:
+        raise ValueError("format_adherence: no conversation's first user turn fits in the model's context.")
+    return sum(r["ended"] for r in replies) / len(replies)
+
+
+def pretraining_perplexity(model, cfg, max_tokens: int = 20_000) -> float:
+    """Perplexity on (the first ``max_tokens`` of) the pretraining validation ids: forgetting, measured.
+
+    Compare before and after fine-tuning: a rise means the model lost some of its
+    plain-text language modelling while learning the chat format.
+    """
+    from utils import corpus, evaluation
+    from utils.token_files import read_token_file
+
+    ids = np.asarray(read_token_file(corpus.ensure_corpus(cfg).tokens("validation"))[:max_tokens])
+    return evaluation.perplexity(model, ids)
+
+
+def evaluate_chat(model, tokenizer, examples, conversations, cfg=None, max_new_tokens: int = 32) -> dict:
+    """The row of the before/after table: assistant perplexity, format adherence, pretraining perplexity."""
+    row = {
+        "assistant_perplexity": assistant_perplexity(model, examples, tokenizer.pad_token_id),
+        "format_adherence": format_adherence(model, tokenizer, conversations, max_new_tokens),
+    }
+    if cfg is not None:
+        row["pretraining_perplexity"] = pretraining_perplexity(model, cfg)
+    return row
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_hf(model, tokenizer, out_dir: str | os.PathLike, max_new_tokens: int | None = None) -> Path:
+    """Save a ``transformers`` GPT-2 model and the tokenizer (with the chat template) into ``out_dir``.
+
+    Afterwards, offline and without this course's code::
+
+        AutoModelForCausalLM.from_pretrained(out_dir); AutoTokenizer.from_pretrained(out_dir)
+        pipeline("text-generation", model=out_dir)([{"role": "user", "content": "Hi!"}])
+
+    Generation stops at ``<|end|>`` (the end of an assistant turn) or ``<|endoftext|>``:
+    both are the generation config's ``eos_token_id``. LoRA adapters are merged first
+    (on a copy). ``max_new_tokens`` (default: half the context) is the generation default.
+    """
+    gpt = ckpt.unwrap(model)
+    if has_lora(gpt):
+        gpt = merge_lora(copy.deepcopy(gpt))
+    ids = chat_token_ids(tokenizer)
+    if gpt.config.vocab_size != len(tokenizer):
+        raise ValueError(f"export_hf: the model has {gpt.config.vocab_size} token ids but the tokenizer "
+                         f"{len(tokenizer)}; export the model with the tokenizer it was trained with.")
+    stop = [ids[END]] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    hf_model = gpt.to_hf(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop[0],
+                         pad_token_id=tokenizer.pad_token_id)
+    generation = hf_model.generation_config
+    generation.eos_token_id = stop
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.max_new_tokens = max_new_tokens or max(1, gpt.config.block_size // 2)
+    generation.max_length = None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf_model.eval().save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def timed(fn, *args, **kwargs):
+    """(result, seconds) of one call."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
