@@ -2,7 +2,8 @@
 
 Executes every notebook in ``notebooks/`` in order with a fresh kernel, writes
 the executed copies to ``build/notebooks/``, times each one and finishes with
-the report card ``build/report.md``.
+the report card ``build/report.md`` and the model card
+``build/MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils import report
+from utils import model_card, report
 from utils.config import PROFILE_NAMES, REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         report.record_timing(nb.stem, seconds)
         print(f"  done in {seconds:.1f} s", flush=True)
     card = report.render()
-    print(f"\nExecuted notebooks: {out_dir}\nReport card:        {card}")
+    model_card_path = model_card.write_model_card()
+    print(f"\nExecuted notebooks: {out_dir}\nReport card:        {card}\nModel card:         {model_card_path}")
     return 0
 
 
