@@ -27,13 +27,7 @@ IDS = np.array([CHARS.index(c) for c in TEXT], dtype=np.uint16)
 TRAIN_IDS, VAL_IDS = IDS[: int(len(IDS) * 0.9)], IDS[int(len(IDS) * 0.9) :]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small run faster on one thread (two wait on each other, badly on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_model(seed=0, **overrides) -> GPT:
