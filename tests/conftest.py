@@ -11,3 +11,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_hf_gpt2():
+    """Builds a randomly initialised ``transformers`` GPT2LMHeadModel of a given tiny shape (the hub is offline)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def build(vocab_size, block_size, n_layer, n_head, n_embd, seed=0):
+        torch.manual_seed(seed)
+        config = GPT2Config(vocab_size=vocab_size, n_positions=block_size, n_layer=n_layer, n_head=n_head,
+                            n_embd=n_embd, bos_token_id=None, eos_token_id=None, attn_implementation="sdpa")
+        return GPT2LMHeadModel(config).eval()
+
+    return build

@@ -140,21 +140,8 @@ def test_eval_mode_is_used_and_restored():
     assert perplexity(model, ids) == first and not model.training  # eval mode stays eval mode
 
 
-def test_transformers_gpt2_gives_the_same_perplexity_as_our_conversion():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=TINY["vocab_size"],
-            n_positions=TINY["block_size"],
-            n_layer=TINY["n_layer"],
-            n_head=TINY["n_head"],
-            n_embd=TINY["n_embd"],
-            bos_token_id=None,
-            eos_token_id=None,
-        )
-    ).eval()
+def test_transformers_gpt2_gives_the_same_perplexity_as_our_conversion(make_hf_gpt2):
+    hf = make_hf_gpt2(**TINY)
     ours = GPT.from_hf(hf).eval()
     ids = random_ids(45)
     for stride in (None, 5):

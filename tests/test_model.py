@@ -32,23 +32,6 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, TINY["vocab_size"], (batch, length), generator=g)
 
 
-def hf_gpt2(seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=TINY["vocab_size"],
-        n_positions=TINY["block_size"],
-        n_layer=TINY["n_layer"],
-        n_head=TINY["n_head"],
-        n_embd=TINY["n_embd"],
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation="sdpa",
-    )
-    return GPT2LMHeadModel(config).eval()
-
-
 # ---- shapes, causality, attention paths ----
 
 
@@ -136,8 +119,8 @@ def test_gpt2_initialization():
     assert model.transformer.h[0].attn.c_attn.bias.abs().max().item() == 0.0
 
 
-def test_from_hf_gives_transformers_logits():
-    hf = hf_gpt2()
+def test_from_hf_gives_transformers_logits(make_hf_gpt2):
+    hf = make_hf_gpt2(**TINY)
     ours = GPT.from_hf(hf).eval()
     ids = random_ids(3, 64)
     with torch.no_grad():
