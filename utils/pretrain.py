@@ -22,6 +22,7 @@ For the classic schedule of a single run, pass ``--lr-decay-iters`` = ``--max-it
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -183,6 +184,7 @@ def main(argv=None) -> dict:
 
     try:
         metrics = run(args, dist_info)
+        gc.collect()  # free the DDP wrapper (its communication threads) while the group still exists
         dist.barrier()  # rank 0 may still be writing files: nobody tears the group down before all are done
         return metrics
     finally:

@@ -503,4 +503,5 @@ def train(
     }
     if dist_info.main and out_dir is not None:
         write_json_atomically(out_dir / METRICS_FILE, metrics)
+    del step_model  # release DDP (and its threads) now, before the caller tears the process group down
     return metrics
