@@ -1,5 +1,7 @@
 """The profile switch, device choice, offline detection and seeding."""
 
+import os
+
 import pytest
 import torch
 
@@ -58,3 +60,28 @@ def test_load_reports_profile_and_device(monkeypatch, capsys):
     cfg = config.load()
     assert cfg.profile.name == "ci" and cfg.device in ("cpu", "cuda", "mps")
     assert "profile=ci" in capsys.readouterr().out
+
+
+def test_use_threads_applies_the_profile(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    try:
+        config.use_threads(config.PROFILES["ci"])
+        assert torch.get_num_threads() == config.PROFILES["ci"].torch_threads == 1
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+        config.use_threads(config.PROFILES["cpu"])  # None: leaves torch's count alone
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_budgets_come_from_the_profile():
+    from utils.finetune import sft_config
+    from utils.pretrained import train_config
+
+    for profile in config.PROFILES.values():
+        pre, sft = train_config(profile, seed=0), sft_config(profile)
+        assert (pre.eval_iters, pre.progress) == (profile.eval_iters, profile.progress)
+        assert (sft.max_iters, sft.batch_size, sft.eval_iters) == (
+            profile.sft_max_iters, profile.sft_batch_size, profile.sft_eval_iters)
+        assert sft.verbose == sft.progress == profile.progress

@@ -51,6 +51,14 @@ class Profile:
     learning_rate: float  # peak learning rate (warm-up, then cosine to a tenth of it)
     warmup_iters: int  # steps of linear warm-up
     eval_interval: int  # steps between validation losses, samples and checkpoints
+    eval_iters: int  # batches averaged per validation-loss estimate (pretraining)
+    # 06 fine-tuning budget (the model and context are the pretrained one's)
+    sft_max_iters: int  # optimizer steps of supervised fine-tuning
+    sft_batch_size: int  # conversations per micro-batch
+    sft_eval_iters: int  # batches averaged per validation-loss estimate (fine-tuning)
+    # the machine
+    progress: bool  # progress bars and running loss prints while training (off in ci: short logs)
+    torch_threads: int | None  # torch.set_num_threads for the training notebooks; None = torch's default
 
 
 PROFILES = {
@@ -72,6 +80,12 @@ PROFILES = {
         learning_rate=3e-3,
         warmup_iters=10,
         eval_interval=30,
+        eval_iters=10,
+        sft_max_iters=150,
+        sft_batch_size=8,
+        sft_eval_iters=5,
+        progress=False,
+        torch_threads=1,  # models this small spend more time syncing 2 threads than computing
     ),
     "cpu": Profile(
         name="cpu",
@@ -91,6 +105,12 @@ PROFILES = {
         learning_rate=3e-3,
         warmup_iters=50,
         eval_interval=200,
+        eval_iters=50,
+        sft_max_iters=600,
+        sft_batch_size=16,
+        sft_eval_iters=20,
+        progress=True,
+        torch_threads=None,
     ),
     "gpu": Profile(
         name="gpu",
@@ -110,8 +130,30 @@ PROFILES = {
         learning_rate=6e-4,
         warmup_iters=100,
         eval_interval=200,
+        eval_iters=50,
+        sft_max_iters=600,
+        sft_batch_size=8,
+        sft_eval_iters=20,
+        progress=True,
+        torch_threads=None,
     ),
 }
+
+
+def use_threads(profile: Profile) -> None:
+    """Set the CPU threads of the training notebooks (04-07) once, from the profile.
+
+    - ``TOKENIZERS_PARALLELISM=false``: the tokenizers library keeps a pool of threads
+      that compete with training for the few cores of a laptop or CI machine, and it
+      warns (and turns itself off) when a notebook starts a subprocess after using it.
+      An explicit setting of the variable wins.
+    - ``torch.set_num_threads(profile.torch_threads)`` when the profile names a count.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if profile.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(profile.torch_threads)
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,10 @@ def sft_config(profile, seed: int = 1337, lora: bool = False) -> training.TrainC
     tolerate (and need) a higher rate; weight decay would pull the adapters to zero,
     so it is off for them.
     """
-    steps = {"ci": 150, "cpu": 600, "gpu": 600}.get(profile.name, 400)
-    batch = {"ci": 8, "cpu": 16, "gpu": 8}.get(profile.name, 16)
+    steps = profile.sft_max_iters
     peak = profile.learning_rate / 3 if not lora else profile.learning_rate * 2
     return training.TrainConfig(
-        batch_size=batch,
+        batch_size=profile.sft_batch_size,
         block_size=profile.block_size,
         grad_accum_steps=profile.grad_accum_steps,
         max_iters=steps,
@@ -71,11 +70,11 @@ def sft_config(profile, seed: int = 1337, lora: bool = False) -> training.TrainC
         warmup_iters=max(2, steps // 20),
         weight_decay=0.0 if lora else 0.1,
         eval_interval=max(1, steps // 4),
-        eval_iters=5 if profile.name == "ci" else 20,
+        eval_iters=profile.sft_eval_iters,
         log_interval=max(1, steps // 50),
         seed=seed,
-        progress=profile.name != "ci",
-        verbose=profile.name != "ci",
+        progress=profile.progress,
+        verbose=profile.progress,
     )
 
 

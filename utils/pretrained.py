@@ -43,11 +43,11 @@ def train_config(profile, seed: int) -> training.TrainConfig:
         warmup_iters=profile.warmup_iters,
         eval_interval=profile.eval_interval,
         sample_interval=profile.eval_interval,
-        eval_iters=10 if profile.name == "ci" else 50,
+        eval_iters=profile.eval_iters,
         log_interval=max(1, profile.max_iters // 100),
         sample_tokens=60,
         seed=seed,
-        progress=profile.name != "ci",
+        progress=profile.progress,
     )
 
 
