@@ -1,7 +1,8 @@
 """Checkpoints: the weights, what they mean, and where training stood.
 
-A checkpoint is a folder of three files, each written atomically (a temp file
-beside it, then ``os.replace``), so a crash or Ctrl-C never leaves half a file:
+A checkpoint is a folder of three files, each written atomically
+(``utils.io.write_with``: a temp file beside it, then ``os.replace``), so a crash
+or Ctrl-C never leaves half a file:
 
 - ``model.safetensors``: the weights. safetensors stores plain tensors only (no
   pickle, so loading runs no code) and refuses two names that share memory. Our
@@ -22,12 +23,12 @@ import dataclasses
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from utils.io import write_atomically, write_with
 from utils.model import GPT, GPTConfig
 
 MODEL_FILE = "model.safetensors"
@@ -45,19 +46,6 @@ def unwrap(model: torch.nn.Module) -> GPT:
             model = model._orig_mod
         else:
             return model
-
-
-def _atomic(path: Path, write) -> None:
-    """Call ``write(temp_path)``, then rename the temp file to ``path`` (same folder: atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -83,7 +71,7 @@ def save_model(
     folder = Path(folder)
     gpt = unwrap(model)
     metadata = {"format": "pt", "step": str(step if step is not None else -1)}
-    _atomic(folder / MODEL_FILE, lambda tmp: save_file(model_tensors(gpt), tmp, metadata=metadata))
+    write_with(folder / MODEL_FILE, lambda tmp: save_file(model_tensors(gpt), tmp, metadata=metadata))
     card = {
         "model": dataclasses.asdict(gpt.config),
         "tokenizer": tokenizer_name,
@@ -91,8 +79,7 @@ def save_model(
         "step": step,
         "train": train_config,
     }
-    text = json.dumps(card, indent=2, default=str)
-    _atomic(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomically(folder / CONFIG_FILE, json.dumps(card, indent=2, default=str))
     return folder
 
 
@@ -194,7 +181,7 @@ def set_rng_state(state: dict, sampler: np.random.Generator | None = None) -> No
 
 def save_training_state(state: dict, folder: str | os.PathLike) -> Path:
     path = Path(folder) / STATE_FILE
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    write_with(path, lambda tmp: torch.save(state, tmp))
     return path
 
 

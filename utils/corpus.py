@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils import cleaning, data
+from utils.io import write_atomically, write_json_atomically
 from utils.tokenization import ENDOFTEXT, train_course_tokenizer
 from utils.token_files import encode_file
 
@@ -86,7 +87,7 @@ def clean_splits(
 
 def write_texts(clean: dict[str, list[dict]], files: CorpusFiles) -> None:
     for split in SPLITS:
-        files.text(split).write_text(to_pretraining_text(clean[split]), encoding="utf-8")
+        write_atomically(files.text(split), to_pretraining_text(clean[split]))
 
 
 def encode_splits(tokenizer, files: CorpusFiles) -> dict[str, int]:
@@ -106,7 +107,7 @@ def write_summary(files: CorpusFiles, clean: dict[str, list[dict]], tokens: dict
         "vocab_size": vocab_size,
         "tokenizer": str(files.tokenizer.name),
     }
-    files.summary.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json_atomically(files.summary, summary)
 
 
 def build_corpus(cfg, config: cleaning.CleaningConfig | None = None) -> CorpusFiles:

@@ -30,6 +30,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.io import write_atomically
+
 ROLES = ("user", "assistant", "system")
 CHITCHAT = "chitchat-dataset"
 OASST1 = "OpenAssistant/oasst1"
@@ -580,7 +582,7 @@ def build_splits(cfg):
     splits = split_conversations(conversations, seed=cfg.seed)
     folder = save_splits(splits, splits_folder(cfg))
     sources = sorted({c["source"] for c in conversations})
-    (cfg.paths.processed / "DATASET_CARD.md").write_text(dataset_card(splits, sources), encoding="utf-8")
+    write_atomically(cfg.paths.processed / "DATASET_CARD.md", dataset_card(splits, sources))
     return load_saved_splits(folder)
 
 

@@ -10,12 +10,11 @@ repackaged ``en_core_web_sm`` and falls back to a blank English pipeline.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from utils.config import REPO_ROOT
+from utils.io import write_atomically
 
 __all__ = ["ensure_punkt", "train_punkt", "spacy_pipeline", "compare_tokenizers", "DEFAULT_NLTK_DATA"]
 
@@ -33,18 +32,6 @@ def _punkt_tables() -> dict[str, str]:
         "collocations.tab": "".join(f"{a}\t{b}\n" for a, b in sorted(english.COLLOCATIONS)),
         "ortho_context.tab": "".join(f"{w}\t{int(n)}\n" for w, n in sorted(english.ORTHO_CONTEXT.items())),
     }
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Temp file in the same folder, then rename: a crash never leaves half a table."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _put_first_on_path(folder: Path) -> None:
@@ -74,7 +61,7 @@ def ensure_punkt(nltk_data_dir: str | Path | None = None, verbose: bool = False)
         for name, text in _punkt_tables().items():
             path = english / name
             if not path.exists() or path.read_text(encoding="utf-8") != text:
-                _write_atomically(path, text)
+                write_atomically(path, text)  # a crash never leaves half a table
                 written.append(name)
         if verbose:
             print(f"Punkt tables in {english}" + (f" (wrote {', '.join(written)})" if written else " (up to date)"))

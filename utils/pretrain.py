@@ -32,6 +32,7 @@ import numpy as np
 
 from utils import training
 from utils.checkpoint import read_config
+from utils.io import write_atomically
 from utils.model import GPT, GPTConfig
 
 TOKENIZERS = ("char", "bpe", "gpt2")
@@ -70,7 +71,7 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"chars": self.chars}, ensure_ascii=False), encoding="utf-8")
+        write_atomically(path, json.dumps({"chars": self.chars}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: Path) -> "CharTokenizer":

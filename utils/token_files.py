@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+from utils.io import write_atomically
 
 UINT16_LIMIT = 2**16
 
@@ -34,18 +35,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def metadata_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write a temp file beside ``path``, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_token_file(
@@ -75,8 +64,8 @@ def write_token_file(
         "tokenizer": tokenizer_name,
         "source": str(source),
     }
-    _write_atomically(path, ids.astype(dtype).tobytes())
-    _write_atomically(metadata_path(path), json.dumps(metadata, indent=2).encode("utf-8"))
+    write_atomically(path, ids.astype(dtype).tobytes())  # readers never see half a file
+    write_atomically(metadata_path(path), json.dumps(metadata, indent=2))
     return path
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import regex
 
+from utils.io import write_atomically
+
 # GPT-2's pre-tokenization: contractions, words (with one leading space), numbers,
 # punctuation runs, and whitespace. Merges never cross the boundaries of these chunks,
 # so " dog" and " dog." share the token " dog" instead of learning "dog." as well.
@@ -268,8 +270,6 @@ class BPETokenizer:
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer as a small JSON file (merges as id pairs, in order). No pickle."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": "course-bpe-v1",
             "pattern": self.pattern,
@@ -277,8 +277,7 @@ class BPETokenizer:
             "merges": [list(pair) for pair in self.merges],
             "special_tokens": list(self.special_tokens),
         }
-        path.write_text(json.dumps(payload), encoding="utf-8")
-        return path
+        return write_atomically(path, json.dumps(payload))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from utils import checkpoint as ckpt
+from utils.io import write_json_atomically
 from utils.model_sizes import flops_per_token
 
 METRICS_FILE = "metrics.json"
@@ -278,10 +279,6 @@ def sample_text(model, decode, prompt: list[int], n_tokens: int, seed: int, devi
     idx = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, T)
     out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, generator=generator)  # (1, T + n)
     return decode(out[0].tolist())
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    ckpt._atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- the loop
