@@ -3,6 +3,7 @@ GPT-2, parameter counts, KV-cache generation and sampling. Tiny configs: a few s
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -73,6 +74,10 @@ def test_bad_config_says_what_to_do():
         GPTConfig(n_embd=100, n_head=3)
     with pytest.raises(ValueError, match="attention"):
         GPTConfig(attention="flash")
+    with pytest.raises(ValueError, match="n_kv_head=3 must divide n_head=4"):
+        GPTConfig(n_embd=64, n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match="norm"):
+        GPTConfig(norm="batchnorm")
 
 
 # ---- the loss ----
@@ -251,14 +256,60 @@ def test_sampling_is_reproducible_with_a_generator_and_restores_training_mode():
     assert model.training
 
 
-def test_generation_stops_at_eos():
+def test_generation_stops_at_a_stop_id_and_streams_the_other_tokens():
     model = tiny_model()
     prompt = random_ids(1, 5)
     greedy = model.generate(prompt, 10, temperature=0)
     eos = greedy[0, 7].item()  # the 3rd generated token
-    out = model.generate(prompt, 10, temperature=0, eos_id=eos)
+    streamed = []
+    out = model.generate(prompt, 10, temperature=0, stop_ids=[eos], on_token=streamed.append)
     stop = (greedy[0, 5:] == eos).nonzero()[0].item() + 5
-    assert torch.equal(out, greedy[:, : stop + 1])
+    assert torch.equal(out, greedy[:, : stop + 1])  # the stop token is kept
+    assert streamed == greedy[0, 5:stop].tolist()  # every token before it, not the stop itself
+    with pytest.raises(ValueError, match="one conversation"):
+        model.generate(random_ids(2, 5), 3, on_token=print)
+
+
+def test_finished_rows_repeat_their_stop_token_while_others_go_on():
+    model = tiny_model(seed=2)
+    prompt = random_ids(2, 5, seed=3)
+    greedy = model.generate(prompt, 12, temperature=0)
+    stop = greedy[0, 6].item()  # row 0 stops at its 2nd new token
+    out = model.generate(prompt, 12, temperature=0, stop_ids=[stop])
+    first = (greedy[0, 5:] == stop).nonzero()[0].item() + 5
+    assert (out[0, first:] == stop).all()
+    row1_stops = (greedy[1, 5:] == stop).nonzero()
+    end = row1_stops[0].item() + 6 if len(row1_stops) else greedy.size(1)
+    assert torch.equal(out[1, :end], greedy[1, :end])
+
+
+def test_repetition_penalty_equals_transformers():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from utils.model import penalize_repetition
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, generator=g)
+    idx = torch.randint(0, 50, (3, 12), generator=g)
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(idx, logits.clone())
+    assert torch.allclose(penalize_repetition(logits, idx, 1.3), theirs)
+    model = tiny_model()
+    prompt = random_ids(1, 5)
+    plain = model.generate(prompt, 30, temperature=0)
+    penalized = model.generate(prompt, 30, temperature=0, repetition_penalty=1.5)
+    assert not torch.equal(plain, penalized)
+
+
+def test_top_p_one_changes_nothing_and_top_p_equals_transformers():
+    from transformers import TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 50_000, generator=g) * 3  # a GPT-2-sized vocabulary, a peaked distribution
+    assert torch.equal(filter_logits(logits, top_p=1.0), logits)
+    for p in (0.5, 0.9, 0.99):
+        ours = torch.isfinite(filter_logits(logits, top_p=p))
+        theirs = torch.isfinite(TopPLogitsWarper(p)(None, logits.clone()))
+        assert (ours != theirs).sum().item() <= 2, p  # at most the boundary token of each row differs
 
 
 def test_top_k_and_top_p_restrict_the_support():
@@ -278,3 +329,90 @@ def test_top_k_and_top_p_restrict_the_support():
     assert torch.equal(model.generate(prompt, 10, top_k=1), model.generate(prompt, 10, temperature=0))
     with pytest.raises(ValueError, match="temperature"):
         sample_next_token(logits, -1.0)
+
+
+# ---- the Llama layout: RMSNorm, RoPE, SwiGLU, grouped-query attention ----
+
+LLAMA_TINY = dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64, mlp_hidden=96)
+
+
+def make_hf_llama(n_kv_head: int, tied: bool, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=65, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=n_kv_head, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "default", "rope_theta": 500.0}, rms_norm_eps=1e-6,
+                         tie_word_embeddings=tied, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                         attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # transformers starts the norms at 1: make them matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama_from_hf_gives_transformers_logits(n_kv_head, tied):
+    hf = make_hf_llama(n_kv_head, tied)
+    ours = GPT.from_hf(hf).eval()
+    assert ours.config.layout == "llama" and ours.config.kv_heads == n_kv_head
+    assert (ours.lm_head.weight is ours.transformer.wte.weight) == tied
+    ids = random_ids(3, 64)
+    with torch.no_grad():
+        difference = (ours(ids)[0] - hf(ids).logits).abs().max().item()
+    print(f"Llama from_hf (n_kv_head={n_kv_head}, tied={tied}): max |logit difference| = {difference:.2e}")
+    assert difference < 1e-4
+    assert ours.num_parameters() == hf.num_parameters() == count_parameters(ours.config)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama_to_hf_gives_our_logits_and_round_trips(tied):
+    torch.manual_seed(7)
+    ours = GPT(GPTConfig.llama(**LLAMA_TINY, n_kv_head=2, rope_theta=500.0, tie_embeddings=tied)).eval()
+    hf = ours.to_hf().eval()
+    ids = random_ids(2, 40)
+    with torch.no_grad():
+        assert (ours(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4
+    back = GPT.from_hf(hf)
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(tensor, back.state_dict()[name]), name
+
+
+def test_a_mixed_layout_trains_but_has_no_transformers_class():
+    model = tiny_model(norm="rmsnorm")  # GPT-2 otherwise
+    assert model.config.layout == "custom"
+    model(random_ids(1, 8))
+    with pytest.raises(ValueError, match="mixes GPT-2 and Llama"):
+        model.to_hf()
+
+
+def test_from_hf_refuses_what_it_cannot_convert():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=65, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                      num_attention_heads=4, attention_bias=True))
+    with pytest.raises(ValueError, match="attention_bias=True"):
+        GPT.from_hf(hf)
+    bert_like = SimpleNamespace(config=SimpleNamespace(model_type="bert"))
+    with pytest.raises(ValueError, match="converts GPT2LMHeadModel"):
+        GPT.from_hf(bert_like)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 1])
+def test_llama_kv_cache_equals_the_full_forward_and_shrinks_with_grouped_query_attention(n_kv_head):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig.llama(**LLAMA_TINY, n_kv_head=n_kv_head)).eval()
+    ids = random_ids(2, 20)
+    full = model(ids)[0]
+    cache = KVCache(model.config.n_layer)
+    stepwise = torch.cat([model(ids[:, :12], cache=cache)[0], model(ids[:, 12:15], cache=cache)[0],
+                          model(ids[:, 15:16], cache=cache)[0]], dim=1)
+    assert (stepwise - full[:, :16]).abs().max().item() < LOGIT_TOLERANCE
+    # keys and values of 2 layers x 16 positions x 2 rows x n_kv_head heads of 16 channels, fp32
+    assert cache.num_bytes() == 2 * 2 * 16 * 2 * n_kv_head * 16 * 4
+    prompt = random_ids(2, 10)
+    assert torch.equal(model.generate(prompt, 70, temperature=0), model.generate(prompt, 70, temperature=0,
+                                                                                  use_cache=False))

@@ -112,7 +112,7 @@ def load_weights(model: torch.nn.Module, folder: str | os.PathLike) -> int:
     missing, unexpected = gpt.load_state_dict(tensors, strict=False)
     if unexpected or set(missing) - {TIED[0]}:
         raise ValueError(f"{path}: weights do not match the model (missing {missing}, unexpected {unexpected}).")
-    gpt.lm_head.weight = gpt.transformer.wte.weight  # tie again (load_state_dict copies values only)
+    gpt.tie_weights()  # tie again when the config ties (load_state_dict copies values only)
     with safe_open(str(path), framework="pt") as f:
         return int((f.metadata() or {}).get("step", -1))
 

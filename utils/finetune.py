@@ -292,7 +292,7 @@ def chat_replies(model, tokenizer, conversations, max_new_tokens: int = 32, temp
             continue  # a first message longer than the context: nothing fair to ask
         idx = torch.tensor([ids], dtype=torch.long, device=_device(model))  # (1, T)
         new = model.generate(idx, max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
-                             generator=generator, eos_id=end_id)[0, len(ids):].tolist()
+                             generator=generator, stop_ids=[end_id])[0, len(ids):].tolist()
         ended = end_id in new
         reply_ids = new[:new.index(end_id)] if ended else new
         out.append({"prompt": prompt_messages, "reply": tokenizer.decode(reply_ids, skip_special_tokens=True),

@@ -1,10 +1,20 @@
-"""A GPT in one file: the model notebooks 03-07 build, train, evaluate and chat with.
+"""A GPT in one file: the model notebooks 03-08 build, train, evaluate and chat with.
 
-Read it top to bottom: the config, then one class per idea
-(``CausalSelfAttention``, ``MLP``, ``Block``, ``GPT``), then sampling. It keeps
-GPT-2's parameter names and layout (fused ``c_attn``, ``c_proj``, ``c_fc``), so
-``GPT.from_hf`` / ``GPT.to_hf`` exchange weights with ``transformers``'
-``GPT2LMHeadModel`` and give the same logits. Modelled on nanoGPT's model.py.
+Read it top to bottom: the config, then one class per idea (``RMSNorm``, rotary
+positions, ``CausalSelfAttention``, ``MLP``, ``Block``, ``GPT``), then sampling.
+Modelled on nanoGPT's model.py.
+
+One class, two layouts, chosen by plain ``GPTConfig`` fields:
+
+- **GPT-2** (the default): LayerNorm, learned position embeddings, a GELU
+  feed-forward, as many key/value heads as query heads, biases, tied embeddings.
+  It keeps GPT-2's parameter names (fused ``c_attn``, ``c_proj``, ``c_fc``), so
+  ``GPT.from_hf`` / ``GPT.to_hf`` exchange weights with ``transformers``'
+  ``GPT2LMHeadModel`` and give the same logits.
+- **Llama** (today's LLMs, SmolLM2 among them): ``norm="rmsnorm"``,
+  ``position="rope"``, ``mlp="swiglu"``, ``n_kv_head < n_head`` (grouped-query
+  attention), ``bias=False``. ``GPT.from_hf`` / ``GPT.to_hf`` exchange weights
+  with ``LlamaForCausalLM``. ``GPTConfig.llama(...)`` sets these fields at once.
 
 The size calculator (presets of GPT-1/2/3, parameter counts without building a
 model, FLOPs and memory) lives in ``utils/model_sizes.py``; its names are also
@@ -14,6 +24,7 @@ importable from here (``from utils.model import GPT_PRESETS``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +32,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 ATTENTION_KINDS = ("sdpa", "explicit")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu")
 # GPT-2 stores these four as transformers' Conv1D, whose weight is (in, out): the
 # transpose of nn.Linear's (out, in). Everything else has the same shape in both.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -29,15 +43,23 @@ CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 @dataclass
 class GPTConfig:
     vocab_size: int = 50257  # number of token ids (GPT-2's BPE: 50,257)
-    block_size: int = 1024  # longest sequence the model can see (learned positions)
+    block_size: int = 1024  # longest sequence the model can see
     n_layer: int = 12  # number of transformer blocks
-    n_head: int = 12  # attention heads per block; n_embd must be divisible by it
+    n_head: int = 12  # attention (query) heads per block; n_embd must be divisible by it
     n_embd: int = 768  # width of the residual stream (channels C)
     dropout: float = 0.0  # dropout rate: 0.0 for pretraining small models, ~0.1 to fine-tune
-    bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True)
-    layer_norm_epsilon: float = 1e-5  # added to the variance inside LayerNorm (GPT-2: 1e-5)
+    bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True, Llama: False)
+    layer_norm_epsilon: float = 1e-5  # added to the variance inside LayerNorm / RMSNorm
     attention: str = "sdpa"  # "sdpa": PyTorch's fused kernel; "explicit": the formula, for teaching
     init_std: float = 0.02  # standard deviation of GPT-2's normal initialization
+    # ---- today's LLM blocks (the defaults are GPT-2's) ----
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama: no mean, no bias, cheaper)
+    position: str = "learned"  # "learned": a table of block_size vectors (GPT-2); "rope": rotary (Llama)
+    rope_theta: float = 10000.0  # RoPE's base: larger = slower rotations, for longer contexts (SmolLM2: 100000)
+    mlp: str = "gelu"  # "gelu": widen, GELU, narrow (GPT-2); "swiglu": a gated feed-forward (Llama)
+    mlp_hidden: int | None = None  # feed-forward width; None = 4 * n_embd (SmolLM2: 1536 = 2.67 * 576)
+    n_kv_head: int | None = None  # key/value heads; None = n_head; fewer = grouped-query attention
+    tie_embeddings: bool = True  # the output layer reuses the token embedding matrix
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -45,8 +67,45 @@ class GPTConfig:
                 f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 "choose n_embd = n_head * head size (e.g. n_head=4, n_embd=128)."
             )
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"GPTConfig: attention={self.attention!r}; use one of {ATTENTION_KINDS}.")
+        for field, value, allowed in (("attention", self.attention, ATTENTION_KINDS), ("norm", self.norm, NORMS),
+                                      ("position", self.position, POSITIONS), ("mlp", self.mlp, MLPS)):
+            if value not in allowed:
+                raise ValueError(f"GPTConfig: {field}={value!r}; use one of {allowed}.")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head != 0):
+            raise ValueError(
+                f"GPTConfig: n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (each key/value "
+                "head serves the same number of query heads); e.g. n_head=8 with n_kv_head 1, 2, 4 or 8."
+            )
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"GPTConfig: RoPE rotates pairs of channels, so the head size "
+                             f"{self.n_embd // self.n_head} must be even.")
+
+    @classmethod
+    def llama(cls, **fields) -> "GPTConfig":
+        """The Llama layout (RMSNorm, RoPE, SwiGLU, no biases); any field can be overridden."""
+        return cls(**{"norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "bias": False, **fields})
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads actually used (``n_kv_head``, or ``n_head`` when it is None)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the feed-forward network's middle (``mlp_hidden``, or 4 * n_embd)."""
+        return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def layout(self) -> str:
+        """"gpt2", "llama", or "custom" (a mix of both, which transformers has no class for)."""
+        gpt2 = (self.norm, self.position, self.mlp, self.kv_heads) == ("layernorm", "learned", "gelu", self.n_head)
+        gpt2 = gpt2 and self.tie_embeddings and self.mlp_hidden in (None, 4 * self.n_embd)
+        llama = (self.norm, self.position, self.mlp) == ("rmsnorm", "rope", "swiglu")
+        return "gpt2" if gpt2 else "llama" if llama else "custom"
 
 
 def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
@@ -64,50 +123,128 @@ class KVCache:
 
     While generating, token t+1 only needs its own query, key and value: the keys
     and values of tokens 0..t do not change (the model is causal), so we keep them
-    instead of recomputing them at every step.
+    instead of recomputing them at every step. With grouped-query attention only
+    the ``n_kv_head`` key/value heads are stored: ``n_head / n_kv_head`` times less memory.
     """
 
     def __init__(self, n_layer: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layer  # per layer (B, nh, S, hs)
-        self.values: list[torch.Tensor | None] = [None] * n_layer  # per layer (B, nh, S, hs)
+        self.keys: list[torch.Tensor | None] = [None] * n_layer  # per layer (B, n_kv, S, hs)
+        self.values: list[torch.Tensor | None] = [None] * n_layer  # per layer (B, n_kv, S, hs)
 
     def __len__(self) -> int:
         """How many positions are cached (S); the next token sits at position S."""
         return 0 if self.keys[0] is None else self.keys[0].size(2)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Append this step's keys and values (B, nh, T, hs); return all of them (B, nh, S+T, hs)."""
+        """Append this step's keys and values (B, n_kv, T, hs); return all of them (B, n_kv, S+T, hs)."""
         if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)  # (B, nh, S+T, hs)
-            v = torch.cat([self.values[layer], v], dim=2)  # (B, nh, S+T, hs)
+            k = torch.cat([self.keys[layer], k], dim=2)  # (B, n_kv, S+T, hs)
+            v = torch.cat([self.values[layer], v], dim=2)  # (B, n_kv, S+T, hs)
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def num_bytes(self) -> int:
+        """Memory held by the cached keys and values."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalization (Zhang and Sennrich 2019), Llama's LayerNorm.
+
+    LayerNorm subtracts the mean and divides by the standard deviation, then adds
+    a bias. RMSNorm only divides by the root mean square: one statistic instead of
+    two, no bias, and in practice the same quality. Computed in float32 (as
+    ``transformers``' LlamaRMSNorm) so bf16 training keeps its precision.
+    """
+
+    def __init__(self, n_embd: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_embd))  # (C,): a learned gain per channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()  # (B, T, C)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (B, T, C): RMS 1
+        return self.weight * x32.to(x.dtype)  # (B, T, C)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+
+
+# ---- rotary position embeddings (RoPE, Su et al. 2021) ----
+
+
+def rope_cos_sin(positions: torch.Tensor, head_size: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position's rotation angles: two (T, hs) float32 tensors.
+
+    Channel pair i of a head turns by the angle ``position * theta ** (-2i / hs)``: the
+    first pairs turn fast (they tell neighbours apart), the last pairs slowly (they
+    still differ across thousands of tokens). Computed from the positions on their
+    own device, in float32, at every forward: a few hundred numbers, no buffer to move.
+    """
+    exponents = torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size  # (hs/2,)
+    inverse_frequencies = theta ** -exponents  # (hs/2,)
+    angles = positions.float()[:, None] * inverse_frequencies[None, :]  # (T, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hs): pair i = channels i and i + hs/2
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension: a 90-degree turn of every pair."""
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (..., hs/2)
+    return torch.cat([-x2, x1], dim=-1)  # (..., hs)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair of queries or keys (B, nh, T, hs) by its position's angle.
+
+    After the rotation, q_m . k_n depends on the positions only through m - n: attention
+    sees *relative* positions, and no position table limits the length.
+    """
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)  # (B, nh, T, hs)
+
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each token only sees itself and earlier tokens."""
+    """Multi-head self-attention where each token only sees itself and earlier tokens.
+
+    With ``n_kv_head < n_head`` (grouped-query attention, Ainslie et al. 2023) several
+    query heads share one key/value head: the KV cache shrinks by n_head / n_kv_head
+    while each query head still looks for its own pattern.
+    """
 
     def __init__(self, config: GPTConfig, layer_index: int = 0):
         super().__init__()
         self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
         self.n_embd = config.n_embd
-        self.head_size = config.n_embd // config.n_head
+        self.head_size = config.head_size
+        self.kv_size = self.n_kv_head * self.head_size  # width of all key (or value) heads together
         self.dropout = config.dropout
         self.attention = config.attention  # "sdpa" | "explicit"; may be changed on the module
         self.layer_index = layer_index  # which entry of a KVCache is ours
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        # q, k, v in one matmul: n_embd query channels, then kv_size key and kv_size value channels
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # mixes the heads back
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope=None) -> torch.Tensor:
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split([self.n_embd, self.kv_size, self.kv_size], dim=2)  # (B,T,C), 2x (B,T,kv)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
+        if rope is not None:  # rotate queries and keys by their positions (before caching the keys)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)  # (B, nh, S, hs), S = cached + T
+            k, v = cache.update(self.layer_index, k, v)  # (B, n_kv, S, hs), S = cached + T
+        if self.n_kv_head != self.n_head:  # each key/value head serves n_head / n_kv_head query heads
+            group = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
         if self.attention == "explicit":
             y = self.explicit_attention(q, k, v)  # (B, nh, T, hs)
         else:
@@ -137,56 +274,67 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The feed-forward network applied to every position on its own: widen 4x, GELU, narrow."""
+    """The feed-forward network applied to every position on its own.
+
+    GELU (GPT-2): widen to 4C, GELU, narrow back. SwiGLU (Shazeer 2020; Llama): two
+    projections to the hidden width, ``silu(gate) * up``, then narrow back. The gate
+    lets each channel decide how much of ``up`` passes: the same parameters buy a
+    lower loss, so Llama-style models use a hidden width of about 8C/3 to keep the
+    size of a 4C GELU network. ``c_fc`` holds gate and up in one matmul.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        hidden = config.hidden_size
+        width = 2 * hidden if self.kind == "swiglu" else hidden  # swiglu: gate and up side by side
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.c_fc(x)  # (B, T, 4C)
-        x = F.gelu(x, approximate="tanh")  # (B, T, 4C): GPT-2's GELU ("gelu_new"), one fused kernel
+        x = self.c_fc(x)  # (B, T, H) or (B, T, 2H)
+        if self.kind == "swiglu":
+            gate, up = x.chunk(2, dim=-1)  # 2 x (B, T, H)
+            x = F.silu(gate) * up  # (B, T, H)
+        else:
+            x = F.gelu(x, approximate="tanh")  # (B, T, H): GPT-2's GELU ("gelu_new"), one fused kernel
         x = self.c_proj(x)  # (B, T, C)
         return self.dropout(x)  # (B, T, C)
 
 
 class Block(nn.Module):
-    """One transformer block, pre-LayerNorm as GPT-2: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """One transformer block, pre-norm as GPT-2 and Llama: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config: GPTConfig, layer_index: int = 0):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_index)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)  # (B, T, C): tokens talk to each other
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, rope)  # (B, T, C): tokens talk to each other
         x = x + self.mlp(self.ln_2(x))  # (B, T, C): each token thinks on its own
         return x
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, n_layer blocks, a final LayerNorm, and a tied output layer."""
+    """Token embeddings (+ learned positions, or RoPE inside attention), n_layer blocks, a final norm, an output layer."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
-            )
+        layers = dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=make_norm(config),
         )
+        if config.position == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)  # learned position embeddings
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (as GPT-2): the output layer reuses the token embedding matrix, so a
-        # token's "input meaning" and "output score" share one vector; saves V*C parameters.
-        self.transformer.wte.weight = self.lm_head.weight
         # GPT-2's initialization: normal(0, 0.02) everywhere, biases zero, and the two
         # projections that write into the residual stream (attn.c_proj, mlp.c_proj) scaled
         # by 1/sqrt(2 * n_layer), so the stream's variance does not grow with depth.
@@ -194,6 +342,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+        self.tie_weights()
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -201,15 +350,25 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def tie_weights(self) -> None:
+        """Weight tying (GPT-2, SmolLM2): the output layer reuses the token embedding matrix.
+
+        A token's "input meaning" and "output score" share one vector, which saves
+        V x C parameters (a large share of a small model). Untied models keep two.
+        Call again after replacing either matrix (loading weights, growing the vocabulary).
+        """
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameters, counting the tied embedding / lm_head matrix once.
+        """Parameters, counting a tied embedding / lm_head matrix once.
 
         ``non_embedding=True`` leaves out the position embeddings (a table lookup, no
         arithmetic). The token embedding stays in: it is also the lm_head weight, a real
         matmul. This is nanoGPT's convention and the N of ``flops_per_token``.
         """
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -244,11 +403,15 @@ class GPT(nn.Module):
                 f"first (idx[:, -{self.config.block_size}:]), as generate() does."
             )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over the batch
-        x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(pos)  # (B, T, C): (T, C) broadcast over the batch
+        else:
+            rope = rope_cos_sin(pos, self.config.head_size, self.config.rope_theta)  # 2 x (T, hs)
+        x = self.transformer.drop(x)  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, cache)  # (B, T, C)
+            x = block(x, cache, rope)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None
@@ -273,19 +436,37 @@ class GPT(nn.Module):
         top_p: float | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
-        eos_id: int | None = None,
+        stop_ids: Iterable[int] | None = None,
+        on_token: Callable[[int], None] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> torch.Tensor:
-        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T); return (B, T + new).
+        """Append up to ``max_new_tokens`` tokens to ``idx`` (B, T); return (B, T + new).
 
-        temperature=0 is greedy (argmax); top_k / top_p keep only the k most likely tokens /
-        the smallest set whose probability reaches p. With ``use_cache`` each step feeds only
-        the newest token and reuses the cached keys and values. Once the text outgrows
-        block_size, the window slides and every position changes, so cached keys (computed
-        at the old positions) are stale: both paths then recompute on the last block_size
-        tokens, and greedy decoding gives the same tokens with or without the cache.
-        With ``eos_id`` generation stops once every row has produced it (finished rows are
-        padded with eos_id). The model is put in eval mode meanwhile (no dropout).
+        The one generation loop of the course: samples in 05, the chat box and the
+        terminal chat, format adherence, preference data.
+
+        - temperature=0 is greedy (argmax); top_k / top_p keep only the k most likely
+          tokens / the smallest set whose probability reaches p; ``repetition_penalty``
+          > 1 makes every token already in the text less likely (CTRL's rule, as
+          ``transformers``): a cure for the loops small and quantized models fall into.
+        - With ``use_cache`` each step feeds only the newest token and reuses the
+          cached keys and values. Once the text outgrows block_size, the window slides
+          and every position changes, so cached keys are stale: both paths then
+          recompute on the last block_size tokens, and greedy decoding gives the same
+          tokens with or without the cache.
+        - ``stop_ids``: a row is finished once it produces one of them (the stop token is
+          kept); finished rows repeat it while others go on, and generation ends when
+          every row is finished.
+        - ``on_token(token_id)``: called with each new token that is not a stop token,
+          as soon as it is chosen (streaming); only for a batch of one.
+        - ``generator``: a ``torch.Generator`` on the model's device, for reproducible sampling.
+        The model is put in eval mode meanwhile (no dropout).
         """
+        if on_token is not None and idx.size(0) != 1:
+            raise ValueError(f"generate: on_token streams one conversation; got a batch of {idx.size(0)}.")
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty={repetition_penalty}; use 1.0 (off) or a number > 1.")
+        stop = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=idx.device)  # (n_stop,)
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -299,118 +480,237 @@ class GPT(nn.Module):
                 room_left = context.size(1) < block_size
                 cache = KVCache(self.config.n_layer) if use_cache and room_left else None
                 logits, _ = self(context, cache=cache)  # (B, T, V)
-            next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-            if eos_id is not None:
-                next_id = next_id.masked_fill(finished[:, None], eos_id)  # (B, 1)
-                finished |= next_id[:, 0] == eos_id
+            last = logits[:, -1, :]  # (B, V)
+            if repetition_penalty != 1.0:
+                last = penalize_repetition(last, idx, repetition_penalty)  # (B, V)
+            next_id = sample_next_token(last, temperature, top_k, top_p, generator)  # (B, 1)
+            next_id = torch.where(finished[:, None], idx[:, -1:], next_id)  # (B, 1): finished rows repeat their stop
             idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
-            if eos_id is not None and bool(finished.all()):
+            is_stop = torch.isin(next_id[:, 0], stop)  # (B,)
+            if on_token is not None and not bool(is_stop[0]):
+                on_token(int(next_id[0, 0]))
+            finished |= is_stop
+            if bool(finished.all()):
                 break
         self.train(was_training)
         return idx
 
-    # ---- exchanging weights with transformers' GPT2LMHeadModel ----
+    # ---- exchanging weights with transformers' GPT2LMHeadModel and LlamaForCausalLM ----
 
     @classmethod
     def from_hf(cls, hf_model) -> "GPT":
-        """Our GPT with the weights of a ``transformers.GPT2LMHeadModel`` (same logits)."""
-        c = hf_model.config
-        unsupported = {
-            "activation_function": (c.activation_function, ("gelu_new", "gelu_pytorch_tanh")),
-            "n_inner": (c.n_inner, (None, 4 * c.n_embd)),
-            "scale_attn_weights": (c.scale_attn_weights, (True,)),
-            "scale_attn_by_inverse_layer_idx": (c.scale_attn_by_inverse_layer_idx, (False,)),
-            "add_cross_attention": (c.add_cross_attention, (False,)),
-        }
-        for field, (value, allowed) in unsupported.items():
-            if value not in allowed:
-                raise ValueError(f"GPT.from_hf: config.{field}={value!r} is not GPT-2's; expected one of {allowed}.")
-        config = GPTConfig(
-            vocab_size=c.vocab_size,
-            block_size=c.n_positions,
-            n_layer=c.n_layer,
-            n_head=c.n_head,
-            n_embd=c.n_embd,
-            dropout=c.resid_pdrop,
-            bias=True,
-            layer_norm_epsilon=c.layer_norm_epsilon,
-        )
+        """Our GPT with the weights of a ``transformers`` GPT2LMHeadModel or LlamaForCausalLM (same logits)."""
+        model_type = getattr(hf_model.config, "model_type", None)
+        if model_type == "gpt2":
+            config, theirs = _gpt2_config_and_weights(hf_model)
+        elif model_type == "llama":
+            config, theirs = _llama_config_and_weights(hf_model)
+        else:
+            raise ValueError(f"GPT.from_hf: a {type(hf_model).__name__} (model_type={model_type!r}); "
+                             "this GPT converts GPT2LMHeadModel ('gpt2') and LlamaForCausalLM ('llama') only.")
         model = cls(config)
-        theirs = hf_model.state_dict()
-        if "lm_head.weight" in theirs and not torch.equal(theirs["lm_head.weight"], theirs["transformer.wte.weight"]):
-            raise ValueError("GPT.from_hf: lm_head is not tied to the token embedding; our GPT always ties them.")
         ours = model.state_dict()
-        theirs.setdefault("lm_head.weight", theirs["transformer.wte.weight"])  # tied: may be stored once
-        converted = {}
-        for name in ours:
-            w = theirs[name]
-            converted[name] = w.t() if name.endswith(CONV1D_WEIGHTS) else w  # Conv1D (in, out) -> Linear (out, in)
-        model.load_state_dict(converted)
+        missing = sorted(set(ours) - set(theirs))
+        if missing:
+            raise ValueError(f"GPT.from_hf: the {model_type} checkpoint has no weight for {missing[:3]}.")
+        model.load_state_dict({name: theirs[name] for name in ours})  # their extra buffers are left out
+        model.tie_weights()  # load_state_dict copies values; make the tie explicit again
         return model.to(device=hf_model.device, dtype=hf_model.dtype)
 
     def to_hf(self, **config_overrides):
-        """A ``transformers.GPT2LMHeadModel`` with our weights (same logits).
+        """A ``transformers`` model with our weights (same logits): GPT2LMHeadModel or LlamaForCausalLM.
 
-        ``config_overrides`` go to ``GPT2Config`` (e.g. ``eos_token_id=...`` for a chat
-        model). With ``bias=False`` the biases GPT-2 always has are set to zero.
+        ``config_overrides`` go to the transformers config (e.g. ``eos_token_id=...`` for
+        a chat model). GPT-2 layout with ``bias=False``: the biases GPT-2 always has are zero.
         """
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        c = self.config
-        gpt2_vocab = c.vocab_size == 50257  # GPT-2's special token 50256 only exists in its vocabulary
-        settings = dict(
-            vocab_size=c.vocab_size,
-            n_positions=c.block_size,
-            n_embd=c.n_embd,
-            n_layer=c.n_layer,
-            n_head=c.n_head,
-            n_inner=None,  # 4 * n_embd
-            activation_function="gelu_new",
-            resid_pdrop=c.dropout,
-            embd_pdrop=c.dropout,
-            attn_pdrop=c.dropout,
-            layer_norm_epsilon=c.layer_norm_epsilon,
-            initializer_range=c.init_std,
-            tie_word_embeddings=True,
-            bos_token_id=50256 if gpt2_vocab else None,
-            eos_token_id=50256 if gpt2_vocab else None,
-            attn_implementation="sdpa",
-        )
-        settings.update(config_overrides)
-        hf_model = GPT2LMHeadModel(GPT2Config(**settings))
-        ours = self.state_dict()
-        converted = {}
-        for name, w in hf_model.state_dict().items():
-            if name in ours:
-                converted[name] = ours[name].t() if name.endswith(CONV1D_WEIGHTS) else ours[name]
-            elif name.endswith(".bias"):  # bias=False: GPT-2 has the bias, ours is zero
-                converted[name] = torch.zeros_like(w)
-            else:
-                raise KeyError(f"GPT.to_hf: no weight of ours matches {name!r}.")
-        hf_model.load_state_dict(converted)
+        layout = self.config.layout
+        if layout == "gpt2":
+            hf_model = _to_gpt2(self, config_overrides)
+        elif layout == "llama":
+            hf_model = _to_llama(self, config_overrides)
+        else:
+            raise ValueError("GPT.to_hf: this config mixes GPT-2 and Llama blocks "
+                             f"(norm={self.config.norm!r}, position={self.config.position!r}, "
+                             f"mlp={self.config.mlp!r}); transformers has no class for it. Use one layout.")
         device = self.transformer.wte.weight.device
         return hf_model.to(device=device, dtype=self.transformer.wte.weight.dtype).train(self.training)
 
     @classmethod
     def from_pretrained(cls, name: str = "gpt2") -> "GPT":
-        """OpenAI's GPT-2 weights ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") from the hub.
+        """A hub checkpoint (GPT-2's "gpt2" ... "gpt2-xl", or a Llama-layout model) as our GPT.
 
-        Needs the internet (or the hub cache); offline, build one with ``GPT(config)`` or
-        load a local copy with ``GPT.from_hf(GPT2LMHeadModel.from_pretrained(folder))``.
+        Needs the internet (or the hub cache); offline, build one with ``GPT(config)``,
+        load a local folder with ``GPT.from_hf(AutoModelForCausalLM.from_pretrained(folder))``,
+        or use ``utils.pretrained.load_smollm2()``, which ships with the course.
         """
-        from transformers import GPT2LMHeadModel
+        from transformers import AutoModelForCausalLM
 
         try:
-            hf_model = GPT2LMHeadModel.from_pretrained(name)
+            hf_model = AutoModelForCausalLM.from_pretrained(name)
         except OSError as error:
             raise OSError(
                 f"GPT.from_pretrained({name!r}) could not get the weights from the Hugging Face hub "
-                "(offline?). Use a local folder: GPT.from_hf(GPT2LMHeadModel.from_pretrained(folder))."
+                "(offline?). Use a local folder: GPT.from_hf(AutoModelForCausalLM.from_pretrained(folder)), "
+                "or utils.pretrained.load_smollm2() offline."
             ) from error
         return cls.from_hf(hf_model)
 
 
+# ---- the conversions, one pair per transformers class ----
+
+
+def _check_supported(model_name: str, settings: dict) -> None:
+    """settings: {field: (value, allowed values)}; a clear error for the first unsupported one."""
+    for field, (value, allowed) in settings.items():
+        if value not in allowed:
+            raise ValueError(f"GPT.from_hf: {model_name} config.{field}={value!r} is not supported; "
+                             f"this GPT needs one of {allowed}.")
+
+
+def _gpt2_config_and_weights(hf_model) -> tuple[GPTConfig, dict]:
+    c = hf_model.config
+    _check_supported("GPT-2", {
+        "activation_function": (c.activation_function, ("gelu_new", "gelu_pytorch_tanh")),
+        "n_inner": (c.n_inner, (None, 4 * c.n_embd)),
+        "scale_attn_weights": (c.scale_attn_weights, (True,)),
+        "scale_attn_by_inverse_layer_idx": (c.scale_attn_by_inverse_layer_idx, (False,)),
+        "add_cross_attention": (c.add_cross_attention, (False,)),
+    })
+    config = GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head,
+                       n_embd=c.n_embd, dropout=c.resid_pdrop, bias=True, layer_norm_epsilon=c.layer_norm_epsilon)
+    theirs = hf_model.state_dict()
+    if "lm_head.weight" in theirs and not torch.equal(theirs["lm_head.weight"], theirs["transformer.wte.weight"]):
+        raise ValueError("GPT.from_hf: this GPT-2's lm_head is not tied to the token embedding; GPT-2 always ties them.")
+    ours = {name: w.t() if name.endswith(CONV1D_WEIGHTS) else w  # Conv1D (in, out) -> Linear (out, in)
+            for name, w in theirs.items()}
+    ours["lm_head.weight"] = theirs["transformer.wte.weight"]  # tied: the same matrix
+    return config, ours
+
+
+def _to_gpt2(model: GPT, config_overrides: dict):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    gpt2_vocab = c.vocab_size == 50257  # GPT-2's special token 50256 only exists in its vocabulary
+    settings = dict(
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+        n_inner=None, activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
+        attn_pdrop=c.dropout, layer_norm_epsilon=c.layer_norm_epsilon, initializer_range=c.init_std,
+        tie_word_embeddings=True, bos_token_id=50256 if gpt2_vocab else None,
+        eos_token_id=50256 if gpt2_vocab else None, attn_implementation="sdpa",
+    )
+    settings.update(config_overrides)
+    hf_model = GPT2LMHeadModel(GPT2Config(**settings))
+    ours = model.state_dict()
+    converted = {}
+    for name, w in hf_model.state_dict().items():
+        if name in ours:
+            converted[name] = ours[name].t() if name.endswith(CONV1D_WEIGHTS) else ours[name]
+        elif name.endswith(".bias"):  # bias=False: GPT-2 has the bias, ours is zero
+            converted[name] = torch.zeros_like(w)
+        else:
+            raise KeyError(f"GPT.to_hf: no weight of ours matches {name!r}.")
+    hf_model.load_state_dict(converted)
+    return hf_model
+
+
+# Llama's names for ours, per block: q/k/v are one fused c_attn, gate/up one fused c_fc.
+LLAMA_BLOCK_NAMES = {
+    "ln_1.weight": "input_layernorm.weight",
+    "ln_2.weight": "post_attention_layernorm.weight",
+    "attn.c_proj.weight": "self_attn.o_proj.weight",
+    "mlp.c_proj.weight": "mlp.down_proj.weight",
+}
+
+
+def _rope_theta(c) -> float:
+    parameters = getattr(c, "rope_parameters", None) or {}
+    rope_type = parameters.get("rope_type", "default")
+    if rope_type != "default":
+        raise ValueError(f"GPT.from_hf: RoPE scaling {rope_type!r} is not supported; this GPT uses plain RoPE.")
+    theta = parameters.get("rope_theta", getattr(c, "rope_theta", None))
+    return float(theta if theta is not None else 10000.0)
+
+
+def _llama_config_and_weights(hf_model) -> tuple[GPTConfig, dict]:
+    c = hf_model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    _check_supported("Llama", {
+        "hidden_act": (c.hidden_act, ("silu",)),
+        "head_dim": (head_dim, (c.hidden_size // c.num_attention_heads,)),
+        "attention_bias": (c.attention_bias, (False,)),
+        "mlp_bias": (getattr(c, "mlp_bias", False), (False,)),
+    })
+    config = GPTConfig.llama(
+        vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
+        mlp_hidden=c.intermediate_size, layer_norm_epsilon=c.rms_norm_eps, rope_theta=_rope_theta(c),
+        tie_embeddings=bool(c.tie_word_embeddings), dropout=float(getattr(c, "attention_dropout", 0.0)),
+    )
+    theirs = hf_model.state_dict()
+    ours = {"transformer.wte.weight": theirs["model.embed_tokens.weight"],
+            "transformer.ln_f.weight": theirs["model.norm.weight"],
+            "lm_head.weight": theirs.get("lm_head.weight", theirs["model.embed_tokens.weight"])}
+    for i in range(config.n_layer):
+        layer = f"model.layers.{i}."
+        for name, hf_name in LLAMA_BLOCK_NAMES.items():
+            ours[f"transformer.h.{i}.{name}"] = theirs[layer + hf_name]
+        attn = [theirs[f"{layer}self_attn.{p}_proj.weight"] for p in "qkv"]
+        ours[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(attn, dim=0)  # (C + 2 kv, C)
+        mlp = [theirs[f"{layer}mlp.{p}_proj.weight"] for p in ("gate", "up")]
+        ours[f"transformer.h.{i}.mlp.c_fc.weight"] = torch.cat(mlp, dim=0)  # (2H, C)
+    return config, ours
+
+
+def _to_llama(model: GPT, config_overrides: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    if c.bias:
+        raise ValueError("GPT.to_hf: a Llama-layout GPT with bias=True; Llama checkpoints have no biases "
+                         "(build it with GPTConfig.llama(...), which sets bias=False).")
+    settings = dict(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.hidden_size,
+        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
+        max_position_embeddings=c.block_size, rms_norm_eps=c.layer_norm_epsilon, hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, tie_word_embeddings=c.tie_embeddings,
+        attention_bias=False, mlp_bias=False, attention_dropout=c.dropout, initializer_range=c.init_std,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa",
+    )
+    settings.update(config_overrides)
+    hf_model = LlamaForCausalLM(LlamaConfig(**settings))
+    ours = model.state_dict()
+    converted = {"model.embed_tokens.weight": ours["transformer.wte.weight"],
+                 "model.norm.weight": ours["transformer.ln_f.weight"],
+                 "lm_head.weight": ours["lm_head.weight"]}
+    kv = c.kv_heads * c.head_size
+    for i in range(c.n_layer):
+        layer, block = f"model.layers.{i}.", f"transformer.h.{i}."
+        for name, hf_name in LLAMA_BLOCK_NAMES.items():
+            converted[layer + hf_name] = ours[block + name]
+        q, k, v = ours[block + "attn.c_attn.weight"].split([c.n_embd, kv, kv], dim=0)
+        converted.update({f"{layer}self_attn.q_proj.weight": q, f"{layer}self_attn.k_proj.weight": k,
+                          f"{layer}self_attn.v_proj.weight": v})
+        gate, up = ours[block + "mlp.c_fc.weight"].chunk(2, dim=0)
+        converted.update({f"{layer}mlp.gate_proj.weight": gate, f"{layer}mlp.up_proj.weight": up})
+    hf_model.load_state_dict(converted)
+    if c.tie_embeddings:
+        hf_model.tie_weights()
+    return hf_model
+
+
 # ---- sampling: turning the last position's logits into the next token ----
+
+
+def penalize_repetition(logits: torch.Tensor, idx: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make every token that already occurs in ``idx`` (B, T) less likely. logits: (B, V).
+
+    CTRL's rule (Keskar et al. 2019), as ``transformers``' repetition_penalty: a positive
+    logit is divided by ``penalty``, a negative one multiplied, so both move down.
+    """
+    seen = logits.gather(1, idx)  # (B, T): the logits of the tokens already in the text
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)  # (B, T)
+    return logits.scatter(1, idx, seen)  # (B, V)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -423,8 +723,10 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None:
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p={top_p}; use a probability in (0, 1] (or None for no limit).")
+        if top_p == 1.0:  # the nucleus is everything: nothing to cut (a float sum may reach 1.0 early)
+            return logits
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V), most likely first
-        probs = F.softmax(sorted_logits, dim=-1)  # (B, V)
+        probs = F.softmax(sorted_logits.double(), dim=-1)  # (B, V), float64: the running sum stays exact enough
         mass_before = probs.cumsum(dim=-1) - probs  # (B, V): probability of the tokens ranked above
         drop_sorted = mass_before >= top_p  # (B, V): the nucleus already reached p without this token
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # (B, V), back in vocabulary order
@@ -445,7 +747,7 @@ def sample_next_token(
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     logits = filter_logits(logits / temperature, top_k, top_p)  # (B, V)
-    probs = F.softmax(logits, dim=-1)  # (B, V)
+    probs = F.softmax(logits.float(), dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
 
 

@@ -69,18 +69,26 @@ PUBLISHED_PARAMETERS: dict[str, int] = {
 def count_parameters(config: GPTConfig, non_embedding: bool = False) -> int:
     """The exact number of parameters of ``GPT(config)``, without building it.
 
-    Per block: two LayerNorms (2C each), attention (C x 3C and C x C matrices) and the
-    MLP (C x 4C and 4C x C), about 12 C^2. Plus the token and position embeddings and
-    the final LayerNorm; the output layer is tied to the token embedding (no extra).
+    GPT-2 layout, per block: two LayerNorms (2C each), attention (C x 3C and C x C
+    matrices) and the MLP (C x 4C and 4C x C), about 12 C^2. Plus the token and
+    position embeddings and the final LayerNorm; the output layer is tied to the
+    token embedding (no extra). The Llama layout counts RMSNorm gains only (C), the
+    smaller key/value projections of grouped-query attention, SwiGLU's three
+    matrices (gate, up: C x H; down: H x C), no position table, and a separate
+    output matrix when the embeddings are not tied.
     ``non_embedding`` drops the position embeddings, as ``GPT.num_parameters``.
     """
-    C, V, T, b = config.n_embd, config.vocab_size, config.block_size, int(config.bias)
-    layer_norm = C + b * C  # weight (gain) + bias
-    attention = (C * 3 * C + b * 3 * C) + (C * C + b * C)  # c_attn + c_proj
-    mlp = (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)  # c_fc + c_proj
-    block = 2 * layer_norm + attention + mlp
-    total = V * C + T * C + config.n_layer * block + layer_norm
-    return total - T * C if non_embedding else total
+    C, V, T, H, b = config.n_embd, config.vocab_size, config.block_size, config.hidden_size, int(config.bias)
+    kv = config.kv_heads * config.head_size  # width of all key (or value) heads
+    norm = C if config.norm == "rmsnorm" else C + b * C  # gain (+ bias)
+    attention = (C * (C + 2 * kv) + b * (C + 2 * kv)) + (C * C + b * C)  # c_attn (q, k, v) + c_proj
+    up = 2 * H if config.mlp == "swiglu" else H  # swiglu: gate and up
+    mlp = (C * up + b * up) + (H * C + b * C)  # c_fc + c_proj
+    block = 2 * norm + attention + mlp
+    positions = T * C if config.position == "learned" else 0
+    output = 0 if config.tie_embeddings else V * C
+    total = V * C + positions + config.n_layer * block + norm + output
+    return total - positions if non_embedding else total
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
