@@ -64,8 +64,8 @@ def sft_cfg(steps=30, lr=3e-3, **kw):
 
 def test_batches_score_only_assistant_tokens(tokenizer, examples):
     batch_fn = ft.sft_batches(examples, examples, batch_size=6, pad_id=tokenizer.pad_token_id)
-    x, y = batch_fn("train", np.random.default_rng(0))
-    assert x.shape == y.shape
+    x, y, mask = batch_fn("train", np.random.default_rng(0))
+    assert x.shape == y.shape == mask.shape
     assert (x == tokenizer.pad_token_id).any()  # some rows are padded
     user_id, assistant_id, end_id = tokenizer.convert_tokens_to_ids(["<|user|>", "<|assistant|>", "<|end|>"])
     for row_x, row_y in zip(x.tolist(), y.tolist()):
@@ -85,8 +85,8 @@ def test_batches_score_only_assistant_tokens(tokenizer, examples):
                     raise AssertionError(f"assistant token {nxt} at {t + 1} not learned")
             if token == end_id and role == assistant_id:
                 role = None
-    # the real-token counter ignores padding
-    assert batch_fn.real_tokens == int((x != tokenizer.pad_token_id).sum())
+    # the mask the loop counts real tokens with marks exactly the non-pad positions
+    assert torch.equal(mask.bool(), x != tokenizer.pad_token_id)
 
 
 def test_sft_lowers_assistant_loss_through_the_shared_loop(tokenizer, examples, tmp_path):
@@ -95,7 +95,7 @@ def test_sft_lowers_assistant_loss_through_the_shared_loop(tokenizer, examples, 
     metrics = ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(), out_dir=tmp_path / "chat")
     after = ft.assistant_perplexity(model, examples, tokenizer.pad_token_id)
     assert after < before / 3, (before, after)
-    assert metrics["iters"] == 30 and metrics["real_tokens_per_second"] > 0
+    assert metrics["iters"] == 30 and metrics["tokens_per_second"] > 0
     # the folder is a chat checkpoint: CLI and load_chat_model read it
     loaded, tok = load_chat_model(tmp_path / "chat")
     assert len(tok) == len(tokenizer)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from utils import checkpoint as ckpt
+from utils import training
 from utils.model import GPT, GPTConfig
 from utils.training import (
     TrainConfig,
@@ -166,3 +167,112 @@ def test_callback_sees_the_losses():
     seen = []
     train(tiny_model(), TRAIN_IDS, VAL_IDS, tiny_cfg(max_iters=10), None, callback=lambda s, m: seen.append((s, m)))
     assert [s for s, _ in seen][-1] == 10 and "val_loss" in seen[-1][1] and seen[0][1]["history"]
+
+
+# ---------------------------------------------------------------- accumulation, token counts, mixed precision
+
+
+def gradients_at_each_step(monkeypatch) -> list[list[torch.Tensor]]:
+    """Record the gradients the optimizer steps with (after accumulation, unscaling and clipping)."""
+    seen = []
+    make = training.make_optimizer
+
+    def make_and_watch(model, cfg, device_type="cpu"):
+        optimizer = make(model, cfg, device_type)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+            [p.grad.detach().clone() for group in opt.param_groups for p in group["params"]]))
+        return optimizer
+
+    monkeypatch.setattr(training, "make_optimizer", make_and_watch)
+    return seen
+
+
+def fixed_batches(micro_batches, val_batch):
+    """A batch_fn that hands out the given micro-batches in turn (and one fixed validation batch)."""
+    calls = iter(range(10**6))
+
+    def batch_fn(split, generator):
+        return micro_batches[next(calls) % len(micro_batches)] if split == "train" else val_batch
+
+    return batch_fn
+
+
+def one_step_gradients(monkeypatch, micro_batches, val_batch, **cfg):
+    seen = gradients_at_each_step(monkeypatch)
+    config = tiny_cfg(max_iters=1, grad_accum_steps=len(micro_batches), grad_clip=0.0, device="cpu", **cfg)
+    train(tiny_model(dropout=0.0), cfg=config, batch_fn=fixed_batches(micro_batches, val_batch))
+    return torch.cat([g.flatten() for g in seen[0]])
+
+
+def relative_difference(a, b) -> float:
+    return float((a - b).norm() / a.norm())
+
+
+def test_accumulation_weighs_every_scored_token_equally(monkeypatch):
+    """One batch == the same rows as two micro-batches, even when they score 4 and 32 tokens."""
+    x, y = get_batch(TRAIN_IDS, 4, 16, np.random.default_rng(0))
+    y[:2, :14] = -100  # rows 0-1: 2 scored targets each (a short reply); rows 2-3: all 16
+    whole = one_step_gradients(monkeypatch, [(x, y)], (x, y))
+    split = one_step_gradients(monkeypatch, [(x[:2], y[:2]), (x[2:], y[2:])], (x, y))
+    # The rule this replaces (each micro-batch's mean / 2) weighs a short-reply token 8x a
+    # long-reply one: the gradients differed by 140% here.
+    assert relative_difference(whole, split) < 1e-5
+
+
+def test_a_micro_batch_with_nothing_scored_adds_nothing(monkeypatch):
+    x, y = get_batch(TRAIN_IDS, 4, 16, np.random.default_rng(1))
+    blank = y[:2].clone().fill_(-100)  # e.g. conversations whose replies were all cut away
+    alone = one_step_gradients(monkeypatch, [(x[2:], y[2:])], (x, y))
+    with_blank = one_step_gradients(monkeypatch, [(x[:2], blank), (x[2:], y[2:])], (x, y))
+    assert torch.isfinite(with_blank).all() and relative_difference(alone, with_blank) < 1e-5
+
+
+def test_tokens_per_second_counts_real_tokens_not_padding():
+    windows = train(tiny_model(), TRAIN_IDS, VAL_IDS, tiny_cfg(max_iters=4, grad_accum_steps=2), None)
+    assert windows["tokens_seen"] == 4 * 2 * 8 * 16  # pretraining: every position is a real token
+
+    x, y = get_batch(TRAIN_IDS, 4, 16, np.random.default_rng(0))
+    mask = torch.ones_like(x)
+    mask[:, 10:] = 0  # right padding: 10 real tokens a row
+    y[:, 9:] = -100
+    padded = train(tiny_model(), cfg=tiny_cfg(max_iters=4, batch_size=4), batch_fn=fixed_batches([(x, y, mask)], (x, y, mask)))
+    assert padded["tokens_seen"] == 4 * 4 * 10
+    assert padded["tokens_per_second"] == pytest.approx(padded["tokens_seen"] / padded["train_seconds"])
+
+
+def test_bf16_autocast_trains_on_the_cpu(monkeypatch):
+    """The bf16 path a GPU takes, on the CPU: gradients near the fp32 ones (but not equal: autocast ran)."""
+    x, y = get_batch(TRAIN_IDS, 8, 16, np.random.default_rng(0))
+    fp32 = one_step_gradients(monkeypatch, [(x, y)], (x, y), dtype="float32")
+    bf16 = one_step_gradients(monkeypatch, [(x, y)], (x, y), dtype="bfloat16")
+    assert 0 < relative_difference(fp32, bf16) < 0.05
+    model = tiny_model()
+    metrics = train(model, TRAIN_IDS, VAL_IDS, tiny_cfg(max_iters=20, dtype="bfloat16", device="cpu"), None)
+    assert metrics["dtype"] == "bfloat16" and metrics["val_loss"] < metrics["history"][0]["loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+
+
+def test_fp16_grad_scaler_clips_the_unscaled_gradients(monkeypatch):
+    """fp16 + GradScaler (the T4 path) on the CPU: clipping sees the true gradients, not the scaled ones."""
+    seen = gradients_at_each_step(monkeypatch)
+    cfg = tiny_cfg(max_iters=3, dtype="float16", device="cpu", grad_clip=0.05)
+    train(tiny_model(), TRAIN_IDS, VAL_IDS, cfg, None)
+    assert seen, "every step was skipped (inf gradients)"
+    for grads in seen:
+        norm = torch.cat([g.flatten() for g in grads]).norm()
+        # clipped to grad_clip: the scaler divided by its scale (65,536) before the clip. In the
+        # other order the norm would be grad_clip / 65,536.
+        assert norm == pytest.approx(cfg.grad_clip, rel=1e-3)
+
+
+def test_fp16_resume_restores_the_grad_scaler(tmp_path):
+    base = dict(max_iters=12, lr_decay_iters=12, dtype="float16", device="cpu", eval_interval=6)
+    straight = tiny_model()
+    train(straight, TRAIN_IDS, VAL_IDS, tiny_cfg(**base), tmp_path / "straight")
+    train(tiny_model(), TRAIN_IDS, VAL_IDS, tiny_cfg(**{**base, "max_iters": 6}), tmp_path / "stopped")
+    state = ckpt.load_training_state(tmp_path / "stopped")
+    assert state["scaler"]["scale"] > 1  # the loss scale is part of the run's state
+    resumed = tiny_model(seed=5)
+    train(resumed, TRAIN_IDS, VAL_IDS, tiny_cfg(**base), tmp_path / "stopped", resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -99,19 +98,19 @@ def prepare_chat_model(model: GPT, tokenizer):
 
 
 class SFTBatches:
-    """``batch_fn(split, generator) -> (x, y)`` for ``training.train``: random padded chat batches.
+    """``batch_fn(split, generator) -> (x, y, mask)`` for ``training.train``: random padded chat batches.
 
     x is the padded ``input_ids`` (B, T) and y = ``shifted_targets(labels)``: the next
     token where that token belongs to an assistant reply, -100 elsewhere (system,
-    user, role markers, padding). The examples are drawn with the generator the loop
-    passes in, so a resumed run draws the same batches as an uninterrupted one.
-
-    ``real_tokens``: non-pad tokens of the batches drawn with the *training* sampler
-    (the first generator seen for "train"; ``estimate_loss`` uses fresh ones), for an
-    honest tokens/s: the loop's own figure counts batch_size x block_size, pads and all.
+    user, role markers, padding). mask is the ``attention_mask`` (1 on real tokens, 0
+    on padding): the loop counts real tokens with it for tokens/s and MFU. The
+    examples are drawn with the generator the loop passes in, so a resumed run draws
+    the same batches as an uninterrupted one. The tensors stay on the CPU; the
+    training loop moves them to the device it trains on (under torchrun, each
+    process's own GPU).
     """
 
-    def __init__(self, train_examples, val_examples, batch_size: int, pad_id: int, device="cpu"):
+    def __init__(self, train_examples, val_examples, batch_size: int, pad_id: int):
         for name, examples in (("train", train_examples), ("val", val_examples)):
             if len(examples) == 0:
                 raise ValueError(f"sft_batches: no {name} examples (encode_dataset skipped them all? "
@@ -119,32 +118,23 @@ class SFTBatches:
         self.examples = {"train": train_examples, "val": val_examples}
         self.batch_size = batch_size
         self.collate = ChatCollator(pad_id)
-        self.device = device
-        self.real_tokens = 0
-        self._sampler = None
 
     def __call__(self, split: str, generator: np.random.Generator):
         examples = self.examples[split]
         rows = generator.integers(0, len(examples), size=self.batch_size)  # (B,)
         batch = self.collate([examples[int(i)] for i in rows])
-        if split == "train":
-            if self._sampler is None:
-                self._sampler = generator
-            if generator is self._sampler:
-                self.real_tokens += int(batch["attention_mask"].sum())
-        x = batch["input_ids"].to(self.device)  # (B, T)
-        y = shifted_targets(batch["labels"]).to(self.device)  # (B, T)
-        return x, y
+        # (B, T) each: inputs, next-token targets (-100 where nothing is learned), 1 on real tokens
+        return batch["input_ids"], shifted_targets(batch["labels"]), batch["attention_mask"]
 
 
-def sft_batches(train_examples, val_examples, batch_size: int, pad_id: int, device="cpu") -> SFTBatches:
+def sft_batches(train_examples, val_examples, batch_size: int, pad_id: int) -> SFTBatches:
     """The ``batch_fn`` of supervised fine-tuning (see ``SFTBatches``)."""
-    return SFTBatches(train_examples, val_examples, batch_size, pad_id, device)
+    return SFTBatches(train_examples, val_examples, batch_size, pad_id)
 
 
 def fine_tune(model, tokenizer, train_examples, val_examples, cfg: training.TrainConfig,
               out_dir: str | os.PathLike | None = None, resume: bool = False, callback=None) -> dict:
-    """SFT = ``training.train`` with chat batches. Returns train's metrics plus real (non-pad) tokens/s.
+    """SFT = ``training.train`` with chat batches. Returns train's metrics (tokens/s counts real tokens, not pads).
 
     With ``out_dir``, the folder ends up a chat checkpoint: weights, config and the
     tokenizer in ``out_dir/tokenizer`` (``utils.chat.load_chat_model`` and
@@ -152,14 +142,11 @@ def fine_tune(model, tokenizer, train_examples, val_examples, cfg: training.Trai
     resumable training state in ``out_dir/lora_run`` and ``out_dir`` gets the merged
     weights (a plain GPT).
     """
-    device = training.resolve_device(cfg.device)
-    batch_fn = sft_batches(train_examples, val_examples, cfg.batch_size, tokenizer.pad_token_id, device)
+    batch_fn = sft_batches(train_examples, val_examples, cfg.batch_size, tokenizer.pad_token_id)
     lora = has_lora(model)
     run_dir = None if out_dir is None else (Path(out_dir) / "lora_run" if lora else Path(out_dir))
     metrics = training.train(model, cfg=cfg, out_dir=run_dir, resume=resume, batch_fn=batch_fn,
                              callback=callback, tokenizer_name="chat")
-    metrics["real_tokens"] = batch_fn.real_tokens
-    metrics["real_tokens_per_second"] = batch_fn.real_tokens / max(metrics["train_seconds"], 1e-9)
     if out_dir is not None:
         if lora:
             merged = merge_lora(copy.deepcopy(model))
@@ -372,10 +359,3 @@ def export_hf(model, tokenizer, out_dir: str | os.PathLike, max_new_tokens: int 
     hf_model.eval().save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
-
-
-def timed(fn, *args, **kwargs):
-    """(result, seconds) of one call."""
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start

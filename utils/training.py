@@ -6,15 +6,18 @@ builds step by step:
 - random windows of the token stream, the targets shifted by one (``get_batch``);
 - AdamW, with weight decay on matrices only (``make_optimizer``);
 - linear warm-up, then a cosine down to ``min_lr`` (``learning_rate_at``);
-- gradient accumulation and clipping; mixed precision (bf16, or fp16 with a
-  GradScaler on GPUs without bf16 such as the T4); optional ``torch.compile``;
-- periodic validation loss, text samples, tokens/s and MFU;
+- gradient accumulation that weighs every scored token equally, and clipping;
+  mixed precision (bf16, or fp16 with a GradScaler on GPUs without bf16 such as
+  the T4); optional ``torch.compile``;
+- periodic validation loss, text samples, tokens/s and MFU (real tokens, not padding);
 - atomic checkpoints and an *exact* resume (same weights, bit for bit, on the CPU);
 - several processes with DistributedDataParallel under ``torchrun``.
 
 Batches are pluggable: pass ``batch_fn(split, generator) -> (x, y)`` and the loop
 never looks at token arrays, so fine-tuning batches (targets -100 on prompt and
-padding positions) go through the same code.
+padding positions) go through the same code. A ``batch_fn`` whose rows are padded
+returns ``(x, y, mask)``, mask (B, T) 1 on real tokens and 0 on padding, so tokens/s
+and MFU count only real tokens. Batches may come on the CPU: the loop moves them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from utils.io import write_json_atomically
 from utils.model_sizes import flops_per_token
 
 METRICS_FILE = "metrics.json"
+IGNORE_INDEX = -100  # a target the loss skips (prompt and padding positions); PyTorch's default ignore_index
 
 
 @dataclass
@@ -44,7 +48,7 @@ class TrainConfig:
     # ---- batches ----
     batch_size: int = 12  # sequences per micro-batch (per process)
     block_size: int = 64  # tokens per sequence (<= the model's block_size)
-    grad_accum_steps: int = 1  # micro-batches summed before each optimizer step
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (every scored token weighs the same)
     # ---- schedule ----
     max_iters: int = 2000  # optimizer steps in the whole run
     learning_rate: float = 3e-3  # peak, reached after the warm-up (small models; GPT-2 124M: ~6e-4)
@@ -249,26 +253,47 @@ def setup_distributed(device_name: str = "auto") -> tuple[Dist, str]:
 # ---------------------------------------------------------------- watching
 
 
+def unpack_batch(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, real_tokens)`` on ``device`` from what a ``batch_fn`` returns: ``(x, y)`` or ``(x, y, mask)``.
+
+    ``real_tokens`` (a 0-d tensor on ``device``, so counting never waits for the GPU) is
+    the number of input positions that are not padding: ``mask.sum()``, or every
+    position of x when the batch has no mask (pretraining windows: B x T).
+    """
+    if len(batch) == 3:
+        x, y, mask = batch
+        real = mask.to(device).sum()
+    else:
+        x, y = batch
+        real = torch.full((), x.numel(), dtype=torch.long, device=device)
+    return x.to(device), y.to(device), real
+
+
 @torch.no_grad()
-def estimate_loss(model, batch_fn, eval_iters: int, seed: int, autocast) -> dict[str, float]:
-    """Mean loss over ``eval_iters`` batches of each split, in eval mode (no dropout).
+def estimate_loss(model, batch_fn, eval_iters: int, seed: int, autocast, device="cpu") -> dict[str, float]:
+    """Mean loss per scored token over ``eval_iters`` batches of each split, in eval mode (no dropout).
 
     The batches come from their own generator, seeded the same at every call: every
     estimate sees the same windows (a smoother curve) and the training sampler's
     state is not touched (an exact resume does not depend on when we evaluated).
+    Each batch's mean loss is weighted by its number of scored targets, as in training.
     """
     was_training = model.training
     model.eval()
     out = {}
     for split in ("train", "val"):
         generator = np.random.default_rng(seed)
-        losses = []
+        total, count = 0.0, 0
         for _ in range(eval_iters):
-            x, y = batch_fn(split, generator)
+            x, y, _ = unpack_batch(batch_fn(split, generator), device)
+            n = int((y != IGNORE_INDEX).sum())
+            if n == 0:
+                continue  # nothing scored in this batch (its mean loss would be nan)
             with autocast:
                 _, loss = model(x, y)
-            losses.append(loss.float().item())
-        out[split] = float(np.mean(losses))
+            total += loss.float().item() * n
+            count += n
+        out[split] = total / count if count else float("nan")
     model.train(was_training)
     return out
 
@@ -299,9 +324,11 @@ def train(
 ) -> dict:
     """Train ``model`` for ``cfg.max_iters`` optimizer steps; return (and write) the metrics.
 
-    model:     a ``GPT`` (on the CPU; moved to the device here).
-    train_ids, val_ids: 1-D token arrays, or None when ``batch_fn(split, generator) -> (x, y)``
-               gives the batches (split is "train" or "val"; y already shifted, -100 ignored).
+    model:     a ``GPT``; it is moved to ``cfg.device`` and *stays there* after training, so
+               move prompts to ``next(model.parameters()).device`` before generating.
+    train_ids, val_ids: 1-D token arrays, or None when ``batch_fn(split, generator)`` gives the
+               batches: ``(x, y)`` or ``(x, y, mask)`` (split is "train" or "val"; y already
+               shifted, -100 ignored; mask 1 on real tokens, 0 on padding).
     out_dir:   checkpoints and ``metrics.json`` go here (rank 0 only); None writes nothing.
     resume:    continue the run saved in ``out_dir`` up to ``cfg.max_iters``: weights,
                optimizer, step and every RNG are restored, so the end equals an
@@ -309,6 +336,14 @@ def train(
                parts: set ``lr_decay_iters`` when you plan to extend a run.
     decode:    ids -> text, for samples; callback(step, metrics): called at every
                log_interval and eval with the metrics so far (a live loss curve).
+
+    The loss of an optimizer step is the mean over *every scored token* of its
+    ``grad_accum_steps`` micro-batches (and of all processes under DDP): each
+    micro-batch's mean loss is weighted by its share of the step's scored tokens. With
+    fine-tuning masks, micro-batches score different numbers of tokens; dividing each
+    by ``grad_accum_steps`` instead would make a token of a short reply weigh more than
+    one of a long reply, and the step would differ from the same rows in one batch.
+    ``tokens_per_second`` and ``mfu`` count real (non-padding) input tokens.
     """
     cfg = cfg or TrainConfig()
     dist_info, device = setup_distributed(cfg.device)
@@ -331,7 +366,7 @@ def train(
     sampler = np.random.default_rng(cfg.seed + dist_info.rank)  # each rank its own windows
     gpt = ckpt.unwrap(model).to(device)
     optimizer = make_optimizer(gpt, cfg, device_type)
-    start_step, best_val, history, evals = 0, float("inf"), [], []
+    start_step, best_val, history, evals, tokens_seen = 0, float("inf"), [], [], 0
     if resume:
         if out_dir is None:
             raise ValueError("train(resume=True) needs the out_dir of the run to continue.")
@@ -350,7 +385,7 @@ def train(
             ckpt.set_rng_state(rng[dist_info.rank], sampler)
         elif dist_info.main:
             print(f"resume: the run had {len(rng)} processes, now {dist_info.world_size}: new random streams.")
-        start_step, best_val = state["step"], state["best_val_loss"]
+        start_step, best_val, tokens_seen = state["step"], state["best_val_loss"], state.get("tokens_seen", 0)
         history, evals = json.loads(state["history"]), json.loads(state["evals"])
         if dist_info.main and cfg.verbose:
             print(f"Resuming {out_dir} at step {start_step} (of {cfg.max_iters}).")
@@ -361,8 +396,7 @@ def train(
 
         step_model = DDP(step_model, device_ids=[dist_info.local_rank] if device_type == "cuda" else None)
 
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * dist_info.world_size
-    flops_step = flops_per_token(gpt.config, cfg.block_size) * tokens_per_step
+    flops_token = flops_per_token(gpt.config, cfg.block_size)  # forward + backward, per token
     peak = peak_flops(device, ptdtype)
     if peak is not None:
         peak *= dist_info.world_size
@@ -370,7 +404,7 @@ def train(
     samples: list[dict] = []
 
     def evaluate(step: int) -> dict:
-        losses = estimate_loss(gpt, batch_fn, cfg.eval_iters, cfg.seed + 10_000, autocast)
+        losses = estimate_loss(gpt, batch_fn, cfg.eval_iters, cfg.seed + 10_000, autocast, device)
         return {"step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
 
     def save(step: int) -> None:
@@ -392,6 +426,7 @@ def train(
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": rng,
                 "best_val_loss": best_val,
+                "tokens_seen": tokens_seen + int(session_tokens),
                 "history": json.dumps(history),
                 "evals": json.dumps(evals),
             },
@@ -405,7 +440,8 @@ def train(
         progress = tqdm(total=cfg.max_iters, initial=start_step, desc="training", dynamic_ncols=True)
 
     step_model.train()
-    train_seconds, session_tokens, last = 0.0, 0, {}
+    train_seconds, last = 0.0, {}
+    session_tokens = torch.zeros((), dtype=torch.long, device=device)  # real tokens of this session, all processes
     wall_start = time.perf_counter()
     elapsed_before = history[-1]["elapsed"] if history else 0.0
     step = start_step
@@ -414,19 +450,33 @@ def train(
         lr = learning_rate_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum_steps):
-            x, y = batch_fn("train", sampler)
+        # Draw the step's micro-batches first: the loss weights need the step's count of
+        # scored targets (all processes) before the first backward.
+        batches = [unpack_batch(batch_fn("train", sampler), device) for _ in range(cfg.grad_accum_steps)]
+        scored = [(y != IGNORE_INDEX).sum() for _, y, _ in batches]  # 0-d tensors: no wait for the GPU
+        counts = torch.stack([torch.stack(scored).sum(), torch.stack([r for _, _, r in batches]).sum()])
+        if dist_info.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(counts)  # (scored targets, real tokens) of the whole step, every process
+        step_scored = counts[0].clamp(min=1)
+        token_loss_sum = torch.zeros((), device=device)  # this process's summed token loss, for the log
+        for micro, ((x, y, _), n_scored) in enumerate(zip(batches, scored)):
             last_micro = micro == cfg.grad_accum_steps - 1
             # DDP averages gradients across processes after every backward; during accumulation
             # only the last micro-batch needs it, so the others skip the communication.
             sync = contextlib.nullcontext() if last_micro or dist_info.world_size == 1 else step_model.no_sync()
             with sync:
                 with autocast:
-                    _, loss = step_model(x, y)
-                    loss = loss / cfg.grad_accum_steps  # the sum of micro-losses is the mean of the batch
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
+                    _, mean_loss = step_model(x, y)  # mean over this micro-batch's scored targets
+                # Its share of the step's mean over every scored token: mean x (its count / the step's
+                # count); x world_size undoes DDP's average over processes. One micro-batch, one
+                # process: the weight is exactly 1. Nothing scored (the mean is nan): it adds 0.
+                mean_loss = torch.where(n_scored > 0, mean_loss, 0.0)
+                weight = n_scored * dist_info.world_size / step_scored
+                scaler.scale(mean_loss * weight).backward()
+            token_loss_sum += mean_loss.detach() * n_scored
+        local_scored = torch.stack(scored).sum().clamp(min=1)
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
@@ -437,16 +487,16 @@ def train(
         if device_type == "cuda" and step % cfg.log_interval == 0:
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - t0
-        session_tokens += tokens_per_step
+        session_tokens += counts[1]
         if progress is not None:
             progress.update(1)
 
         last_step = step == cfg.max_iters
         if step % cfg.log_interval == 0 or last_step:
-            tokens_per_second = session_tokens / max(train_seconds, 1e-9)
-            mfu = flops_step * (session_tokens / tokens_per_step) / train_seconds / peak if peak else None
+            tokens_per_second = int(session_tokens) / max(train_seconds, 1e-9)
+            mfu = flops_token * tokens_per_second / peak if peak else None
             last = {
-                "step": step, "loss": loss_sum.item(), "lr": lr,
+                "step": step, "loss": (token_loss_sum / local_scored).item(), "lr": lr,
                 "elapsed": elapsed_before + time.perf_counter() - wall_start,
                 "tokens_per_second": tokens_per_second, "mfu": mfu,
             }
@@ -482,12 +532,12 @@ def train(
         "train_loss": final.get("train_loss"),
         "val_loss": final.get("val_loss"),
         "best_val_loss": best_val if math.isfinite(best_val) else None,
-        "tokens_per_second": session_tokens / train_seconds if train_seconds else None,
+        "tokens_per_second": int(session_tokens) / train_seconds if train_seconds else None,
         "mfu": last.get("mfu"),
         "iters": step,
         "world_size": dist_info.world_size,
         "parameters": gpt.num_parameters(),
-        "tokens_seen": step * tokens_per_step,
+        "tokens_seen": tokens_seen + int(session_tokens),  # real tokens, all processes, resumed parts too
         "device": device,
         "dtype": str(ptdtype).replace("torch.", ""),
         "train_seconds": train_seconds,
