@@ -106,6 +106,19 @@ def test_special_tokens_are_single_ids_and_optional():
     assert tokenizer.decode(plain) == text
 
 
+def test_decode_takes_what_generate_returns(chat_bpe):
+    import numpy as np
+    import torch
+
+    ids = chat_bpe.encode("hello there, friend")
+    assert max(ids) >= 256  # merged tokens: the ids a tensor lookup used to miss
+    out = torch.tensor([ids])  # (1, T), as GPT.generate returns
+    for form in (ids, out[0], out, np.array(ids), tuple(ids)):
+        assert chat_bpe.decode(form) == "hello there, friend"
+    with pytest.raises(ValueError, match="one row at a time"):
+        chat_bpe.decode(torch.tensor([ids, ids]))
+
+
 def test_deterministic_and_save_load(tmp_path, chat_bpe):
     again = BPETokenizer.train(CHAT_TEXT, vocab_size=300)
     assert again.merges == chat_bpe.merges

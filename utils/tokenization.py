@@ -65,6 +65,25 @@ def special_token_pattern(special_tokens: Iterable[str]) -> regex.Pattern | None
     return regex.compile("(" + "|".join(regex.escape(t) for t in tokens) + ")")
 
 
+def id_list(ids) -> list[int]:
+    """Token ids as plain Python ints, from a list, a 1-D tensor or array, or a batch of one row.
+
+    Why: a tensor element is a 0-d tensor, which is not equal (as a dict key) to the int
+    it holds, so looking it up in a vocabulary fails; ``tolist()`` gives real ints.
+    """
+    if hasattr(ids, "tolist"):  # torch.Tensor, np.ndarray
+        ids = ids.tolist()
+    if isinstance(ids, int):
+        return [ids]
+    ids = list(ids)
+    if ids and isinstance(ids[0], (list, tuple)):
+        if len(ids) != 1:
+            raise ValueError(f"decode: got a batch of {len(ids)} rows of ids; decode one row at a time "
+                             "(e.g. tokenizer.decode(out[0])).")
+        ids = list(ids[0])
+    return [int(i) for i in ids]
+
+
 class BPETokenizer:
     """A byte-level BPE tokenizer: 256 byte tokens, a list of merges, optional special tokens.
 
@@ -252,9 +271,10 @@ class BPETokenizer:
                 ids.extend(self.encode_ordinary(piece))
         return ids
 
-    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+    def decode_bytes(self, ids) -> bytes:
+        """Token ids -> the bytes they stand for (see ``decode`` for what ``ids`` may be)."""
         parts = []
-        for token_id in ids:
+        for token_id in id_list(ids):
             if token_id in self.vocab:
                 parts.append(self.vocab[token_id])
             elif token_id in self.special_by_id:
@@ -263,8 +283,12 @@ class BPETokenizer:
                 raise ValueError(f"Token id {token_id} is not in this tokenizer's vocabulary (0..{len(self) - 1}).")
         return b"".join(parts)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Token ids -> text. A token may hold part of a UTF-8 character; bad bytes show as '�'."""
+    def decode(self, ids) -> str:
+        """Token ids -> text. A token may hold part of a UTF-8 character; bad bytes show as '�'.
+
+        ``ids``: a list of ints, a 1-D tensor or array, or one row of what ``GPT.generate``
+        returns (``out[0]``, or ``out`` itself when it has a single row).
+        """
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ save / load
