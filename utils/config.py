@@ -207,8 +207,19 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+ALLOW_GPU_PROFILE_ON_CPU = "COURSE_ALLOW_GPU_PROFILE_ON_CPU"  # set to 1 to run the gpu profile without CUDA
+
+
+class ProfileError(RuntimeError):
+    """A profile this machine cannot run (the message names the one to use)."""
+
+
 def profile_name() -> str:
-    """COURSE_PROFILE if set, else ``gpu`` with CUDA, else ``cpu``."""
+    """COURSE_PROFILE if set, else ``gpu`` with CUDA, else ``cpu``.
+
+    An explicit ``gpu`` without CUDA stops here, in seconds, rather than training
+    GPT-2 124M on a CPU for days; ``COURSE_ALLOW_GPU_PROFILE_ON_CPU=1`` allows it.
+    """
     name = os.environ.get("COURSE_PROFILE", "").strip().lower()
     if not name:
         return "gpu" if cuda_available() else "cpu"
@@ -216,6 +227,12 @@ def profile_name() -> str:
         raise ValueError(
             f"COURSE_PROFILE={name!r} is not a profile; use one of {', '.join(PROFILE_NAMES)} "
             "(or unset it to choose automatically)."
+        )
+    if name == "gpu" and not cuda_available() and os.environ.get(ALLOW_GPU_PROFILE_ON_CPU, "") != "1":
+        raise ProfileError(
+            "COURSE_PROFILE=gpu needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False): "
+            "it would train GPT-2 124M on the CPU for days. Use COURSE_PROFILE=cpu (a laptop: minutes) or "
+            f"COURSE_PROFILE=ci (seconds); to run the gpu profile here anyway, set {ALLOW_GPU_PROFILE_ON_CPU}=1."
         )
     return name
 
