@@ -12,10 +12,27 @@ def test_record_and_render(tmp_path, monkeypatch):
     report.record_timing("00_setup", 3.21, tmp_path)
     report.record_timing("01_data_collection", 10.0, tmp_path)
     card = report.render(tmp_path, tmp_path / "report.md").read_text()
-    assert card.index("## 00_setup (profile `ci`)") < card.index("## 01_data_collection")
+    assert card.startswith("# Report card (profile `ci`)")
+    assert card.index("## 00_setup") < card.index("## 01_data_collection")
     assert "| conversations | 7,168 |" in card and "| words per turn | 11.25 |" in card
-    assert "| **total** | **13.2** |" in card and "| ready | yes |" in card
+    assert "| **total** | **13 s** | **13.2** |" in card and "| ready | yes |" in card
     assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temp files"
+
+
+def test_each_profile_keeps_its_own_results(monkeypatch):
+    monkeypatch.delenv(report.BUILD_DIR_ENV, raising=False)
+    monkeypatch.setenv("COURSE_PROFILE", "ci")
+    assert report.default_report_dir() == report.BUILD / "ci" / "report"
+    assert report.default_report_dir("cpu") == report.BUILD / "cpu" / "report"
+    monkeypatch.setenv(report.BUILD_DIR_ENV, "/tmp/staging")  # what make course sets for its kernels
+    assert str(report.default_report_dir()) == "/tmp/staging/report"
+    assert report.default_report_dir("cpu") == report.BUILD / "cpu" / "report"
+
+
+def test_format_seconds():
+    assert report.format_seconds(48.4) == "48 s"
+    assert report.format_seconds(151) == "2 min 31 s"
+    assert report.format_seconds(3900) == "1 h 05 min"
 
 
 def test_record_replaces_a_stage(tmp_path):
