@@ -250,3 +250,14 @@ def test_resize_vocabulary_keeps_rows_and_tying():
     assert resize_vocabulary(model, 55) is model and model.config.vocab_size == 55
     with pytest.raises(ValueError, match="only grows"):
         resize_vocabulary(model, 40)
+
+
+def test_resize_vocabulary_grows_an_untied_output_layer_on_its_own():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, tie_embeddings=False))
+    old_embedding, old_head = (m.weight.detach().clone() for m in (model.transformer.wte, model.lm_head))
+    resize_vocabulary(model, 53)
+    embedding, head = model.transformer.wte.weight, model.lm_head.weight
+    assert head is not embedding and head.shape == embedding.shape == (53, 8)
+    assert torch.equal(head[:50], old_head) and torch.allclose(head[50:], old_head.mean(0).expand(3, 8))
+    assert torch.equal(embedding[:50], old_embedding)

@@ -11,7 +11,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.evaluation import (
-    _windows,
     bigram_perplexity,
     bits_per_byte,
     checkpoint_perplexities,
@@ -19,6 +18,7 @@ from utils.evaluation import (
     evaluate_text,
     perplexity,
     repetition_rate,
+    sliding_windows,
     token_losses,
     unigram_perplexity,
     uniform_perplexity,
@@ -94,7 +94,7 @@ def test_each_token_scored_exactly_once():
         for block_size in (1, 4, 16):
             for stride in range(1, block_size + 1):
                 scored = np.zeros(n_tokens + 1, dtype=int)
-                for begin, end, n_scored in _windows(n_tokens, block_size, stride):
+                for begin, end, n_scored in sliding_windows(n_tokens, block_size, stride):
                     assert 0 < end - begin <= block_size and 0 < n_scored <= end - begin
                     scored[end - n_scored + 1 : end + 1] += 1  # targets ids[end-n_scored+1 .. end]
                 assert scored[0] == 0 and (scored[1:n_tokens] == 1).all() and scored[n_tokens] == 0

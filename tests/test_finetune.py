@@ -1,4 +1,4 @@
-"""Tests of utils.finetune and the chat front ends: SFT labels and loss, LoRA, evaluation, export, the CLI."""
+"""Tests of utils.finetune, the chat metrics of utils.evaluation and utils.talk: SFT, LoRA, export, replies, the CLI."""
 
 import copy
 import os
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from utils import checkpoint as ckpt
+from utils import evaluation
 from utils import finetune as ft
 from utils.chat import (
     IGNORE_INDEX,
@@ -19,9 +20,8 @@ from utils.chat import (
     crop_prompt,
     encode_dataset,
     format_prompt,
-    generate_reply,
-    load_chat_model,
 )
+from utils.talk import generate_reply, load_chat_model, reply_to
 from utils.model import GPT, GPTConfig
 from utils.tokenization import train_course_tokenizer
 from utils.training import TrainConfig
@@ -91,9 +91,9 @@ def test_batches_score_only_assistant_tokens(tokenizer, examples):
 
 def test_sft_lowers_assistant_loss_through_the_shared_loop(tokenizer, examples, tmp_path):
     model = tiny_gpt(tokenizer)
-    before = ft.assistant_perplexity(model, examples, tokenizer.pad_token_id)
+    before = evaluation.assistant_perplexity(model, examples, tokenizer.pad_token_id)
     metrics = ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(), out_dir=tmp_path / "chat")
-    after = ft.assistant_perplexity(model, examples, tokenizer.pad_token_id)
+    after = evaluation.assistant_perplexity(model, examples, tokenizer.pad_token_id)
     assert after < before / 3, (before, after)
     assert metrics["iters"] == 30 and metrics["tokens_per_second"] > 0
     # the folder is a chat checkpoint: CLI and load_chat_model read it
@@ -199,3 +199,52 @@ def test_cli_answers_piped_messages(tokenizer, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "utils.chat", "--checkpoint", str(tmp_path / "nope")],
                          input="", capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert bad.returncode == 2 and "not a checkpoint" in bad.stderr
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a GPT whose next tokens we choose: generate() appends ``script`` as GPT.generate would."""
+
+    def __init__(self, script, block_size=64):
+        super().__init__()
+        self.script = script
+        self.config = GPTConfig(vocab_size=400, block_size=block_size, n_layer=1, n_head=1, n_embd=8)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, idx, max_new_tokens, stop_ids=None, on_token=None, **sampling):
+        for token in self.script[:max_new_tokens]:
+            idx = torch.cat([idx, torch.tensor([[token]])], dim=1)
+            if token in stop_ids:
+                break
+            if on_token is not None:
+                on_token(token)
+        return idx
+
+
+def test_reply_streams_whole_characters_and_tells_how_it_stopped(tokenizer):
+    user = [{"role": "user", "content": "hi"}]
+    e_acute = tokenizer.convert_tokens_to_ids(["Ã", "©"])  # the two UTF-8 bytes of "é", one token each
+    ok = tokenizer.encode("ok", add_special_tokens=False)
+    end, user_marker = tokenizer.convert_tokens_to_ids(["<|end|>", "<|user|>"])
+    pieces = []
+    reply = reply_to(ScriptedModel(ok + e_acute + [end]), tokenizer, user, stream=pieces.append)
+    assert reply.text == "oké" and "".join(pieces) == "oké" and "\ufffd" not in "".join(pieces)
+    assert reply.ended and reply.stop_id == end and reply.token_ids == ok + e_acute
+    # the model starts writing the user's turn: the reply stops there, but it did not close its turn
+    wandering = reply_to(ScriptedModel(ok + [user_marker] + ok), tokenizer, user)
+    assert wandering.text == "ok" and not wandering.ended and wandering.stop_id == user_marker
+    rambling = reply_to(ScriptedModel(ok * 20), tokenizer, user, max_new_tokens=6)
+    assert rambling.stop_id is None and not rambling.ended and len(rambling.token_ids) == 6
+
+
+def test_format_adherence_measures_the_chat_box_replies(tokenizer, examples):
+    """chat_replies and the chat box (generate_reply) give the same greedy reply: one path, one stop rule."""
+    model = tiny_gpt(tokenizer)
+    ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(30))
+    replies = evaluation.chat_replies(model, tokenizer, CONVERSATIONS, max_new_tokens=12)
+    assert len(replies) == len(CONVERSATIONS)
+    for conversation, row in zip(CONVERSATIONS, replies):
+        assert row["reply"] == generate_reply(model, tokenizer, row["prompt"], max_new_tokens=12, temperature=0.0)
+        prompt = torch.tensor([crop_prompt(tokenizer, row["prompt"], model.config.block_size, 12)])
+        direct = model.generate(prompt, 12, temperature=0.0, stop_ids=tokenizer.all_special_ids)[0, prompt.size(1):]
+        assert row["ended"] == (direct[-1].item() == tokenizer.convert_tokens_to_ids("<|end|>"))
+    assert evaluation.format_adherence(model, tokenizer, CONVERSATIONS, 12) == sum(r["ended"] for r in replies) / 6

@@ -23,6 +23,11 @@ are context. ``encode_conversation`` produces ``(input_ids, labels)`` aligned wi
 each other; the shift by one position (predict the *next* token) happens in
 exactly one place, ``shifted_targets``, right before the loss.
 
+Talking to a chat model (``generate_reply``, ``load_chat_model``, the terminal chat)
+is in ``utils.talk``; the fine-tuning metrics (assistant perplexity, format
+adherence) are in ``utils.evaluation``. ``python -m utils.chat --checkpoint DIR``
+still starts the terminal chat.
+
 Contract (used by checks): ``add_chat_tokens(tokenizer)`` and
 ``encode_conversation(tokenizer, messages) -> (input_ids, labels)``.
 """
@@ -406,14 +411,15 @@ def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def resize_vocabulary(model, new_size: int):
-    """Grow our ``utils.model.GPT``'s token embedding (and its tied lm_head) to ``new_size`` rows.
+    """Grow our ``utils.model.GPT``'s token embedding and output layer to ``new_size`` rows.
 
     Call it with ``len(tokenizer)`` after ``add_chat_tokens``, *before* creating the
-    optimizer (it holds the old tensor). The old rows are kept; each new row starts
+    optimizer (it holds the old tensors). The old rows are kept; each new row starts
     as the mean of the old ones, so a new token starts as an "average token" and its
     initial output probability is typical instead of random (a random vector can
-    get a huge logit and dominate the first steps). The lm_head stays tied to the
-    embedding. Returns the model.
+    get a huge logit and dominate the first steps). A tied output layer stays tied
+    (GPT-2); an untied one (``tie_embeddings=False``) grows its own rows the same way.
+    Returns the model.
     """
     old = model.transformer.wte.weight  # (V, C)
     V, C = old.shape
@@ -422,18 +428,24 @@ def resize_vocabulary(model, new_size: int):
                          "it only grows (ids below V already work, no resize needed).")
     if new_size == V:
         return model
-    weight = torch.empty(new_size, C, dtype=old.dtype, device=old.device)  # (V', C)
-    weight[:V] = old
-    weight[V:] = old.mean(dim=0)  # (C,) broadcast over the new rows
+
+    def grown(matrix: torch.Tensor) -> nn.Parameter:  # (V, C) -> (V', C), new rows = the mean row
+        weight = torch.empty(new_size, C, dtype=matrix.dtype, device=matrix.device)  # (V', C)
+        weight[:V] = matrix
+        weight[V:] = matrix.mean(dim=0)  # (C,) broadcast over the new rows
+        return nn.Parameter(weight, requires_grad=matrix.requires_grad)
+
+    tied = model.lm_head.weight is old
+    old_head = model.lm_head.weight
     model.transformer.wte = nn.Embedding(new_size, C, device=old.device, dtype=old.dtype)
+    model.transformer.wte.weight = grown(old)
     model.lm_head = nn.Linear(C, new_size, bias=False, device=old.device, dtype=old.dtype)
-    model.transformer.wte.weight = nn.Parameter(weight, requires_grad=old.requires_grad)
-    model.lm_head.weight = model.transformer.wte.weight  # tied, as in GPT.__init__
+    model.lm_head.weight = model.transformer.wte.weight if tied else grown(old_head)
     model.config.vocab_size = new_size
     return model
 
 
-# --------------------------------------------------------------------------- talking to a model (06)
+# --------------------------------------------------------------------------- prompts for a reply
 
 
 def prompt_budget(block_size: int, max_new_tokens: int) -> int:
@@ -470,158 +482,7 @@ def crop_prompt(tokenizer, messages, block_size: int, max_new_tokens: int = 0) -
     return ids
 
 
-@torch.no_grad()
-def generate_reply(model, tokenizer, messages, max_new_tokens: int = 64, temperature: float = 0.8,
-                   top_k: int | None = 50, top_p: float | None = None, generator: torch.Generator | None = None,
-                   stream=None) -> str:
-    """The model's next assistant reply to ``messages`` (which end with the user's turn), as text.
+if __name__ == "__main__":  # python -m utils.chat: the terminal chat (utils/talk.py)
+    from utils.talk import main
 
-    - The prompt is ``format_prompt`` (conversation + ``<|assistant|>``); the oldest turns
-      are dropped when it does not fit the context (``crop_prompt``; a single message that is
-      too long raises ``ChatFormatError``).
-    - Tokens are sampled one at a time with a KV cache (``utils.model.KVCache``): each step
-      feeds only the newest token. When the window is full it slides, without the cache.
-    - Generation stops at ``<|end|>`` (or any other special token: a ``<|user|>`` means the
-      model started writing the user's part) or after ``max_new_tokens``.
-    - ``stream``: called with each new piece of text as soon as it is known (a chat box, a
-      terminal). Pieces are whole characters: a multi-byte character split over two tokens
-      is sent when complete.
-    """
-    from utils.model import KVCache, sample_next_token
-
-    ids = crop_prompt(tokenizer, messages, model.config.block_size, max_new_tokens)
-    stop_ids = set(tokenizer.all_special_ids)
-    device = next(model.parameters()).device
-    block_size = model.config.block_size
-    was_training = model.training
-    model.eval()
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    cache = KVCache(model.config.n_layer)
-    logits, _ = model(idx, cache=cache)  # (1, T, V)
-    reply: list[int] = []
-    sent = ""
-    try:
-        for _ in range(max_new_tokens):
-            next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1, 1)
-            token = int(next_id)
-            if token in stop_ids:
-                break
-            reply.append(token)
-            if stream is not None:
-                text = tokenizer.decode(reply, skip_special_tokens=True)
-                if not text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
-                    stream(text[len(sent):])
-                    sent = text
-            idx = torch.cat([idx, next_id], dim=1)  # (1, T + 1)
-            if cache is not None and len(cache) < block_size:
-                logits, _ = model(next_id, cache=cache)  # (1, 1, V): only the newest token
-            else:  # the window is full: slide it and recompute (cached positions would be stale)
-                cache = None
-                logits, _ = model(idx[:, -block_size:])  # (1, block_size, V)
-    finally:
-        model.train(was_training)
-    text = tokenizer.decode(reply, skip_special_tokens=True)
-    if stream is not None and text[len(sent):]:
-        stream(text[len(sent):])
-    return text
-
-
-def load_chat_model(folder, device: str = "cpu"):
-    """``(model, tokenizer)`` from a chat checkpoint (``folder`` + ``folder/tokenizer``) or an ``export_hf`` folder.
-
-    The vocabulary sizes are checked (``load_checkpoint`` refuses a tokenizer the model
-    was not trained with) and the tokenizer must have the chat tokens.
-    """
-    import json
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
-    from utils.checkpoint import CONFIG_FILE, load_checkpoint
-    from utils.model import GPT
-
-    folder = Path(folder)
-    config_path = folder / CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} does not exist: {folder} is not a checkpoint folder "
-                                "(fine-tune one in notebook 06, or pass the folder export_hf wrote).")
-    card = json.loads(config_path.read_text(encoding="utf-8"))
-    if card.get("model_type") == "gpt2":  # a Hugging Face folder (export_hf)
-        from transformers import AutoModelForCausalLM
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = GPT.from_hf(AutoModelForCausalLM.from_pretrained(str(folder))).to(device).eval()
-    else:
-        tokenizer_dir = folder / "tokenizer"
-        if not tokenizer_dir.exists():
-            raise FileNotFoundError(f"{tokenizer_dir} does not exist: a chat checkpoint keeps its tokenizer "
-                                    "there (utils.finetune.fine_tune saves it).")
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        model = load_checkpoint(folder, tokenizer=tokenizer, device=device)
-    chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens
-    return model, tokenizer
-
-
-HELP = "Type a message and press Enter. /reset starts a new conversation, /quit (or Ctrl-D) leaves."
-
-
-def main(argv=None) -> int:
-    """``python -m utils.chat --checkpoint DIR``: chat with a model in the terminal (stdin lines).
-
-    Works with piped input too: ``echo "hi there" | python -m utils.chat --checkpoint DIR``.
-    """
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m utils.chat", description="Chat with a fine-tuned model.")
-    parser.add_argument("--checkpoint", required=True, help="chat checkpoint folder (or an export_hf folder)")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--system", default=None, help="a system message at the start of every conversation")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-
-    try:
-        model, tokenizer = load_chat_model(args.checkpoint, device=args.device)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    interactive = sys.stdin.isatty()
-    start = [{"role": "system", "content": args.system}] if args.system else []
-    history = list(start)
-    print(HELP)
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:  # end of input
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text == "/quit":
-            break
-        if text == "/reset":
-            history = list(start)
-            print("(new conversation)")
-            continue
-        history.append({"role": "user", "content": text})
-        print("assistant> ", end="", flush=True)
-        try:
-            reply = generate_reply(model, tokenizer, history, args.max_new_tokens, args.temperature, args.top_k,
-                                   args.top_p, generator, stream=lambda piece: print(piece, end="", flush=True))
-        except ChatFormatError as error:
-            history.pop()
-            print(f"\n(error: {error})")
-            continue
-        print()
-        history.append({"role": "assistant", "content": reply or "..."})
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

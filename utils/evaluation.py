@@ -19,6 +19,11 @@ these functions; 06 uses them for the before/after table of fine-tuning.
 Every model function here works with our ``utils.model.GPT`` (``forward(idx)``
 returns ``(logits, loss)``) and with a ``transformers`` causal LM (returns an output
 with ``.logits``), so GPT-2's perplexity can be computed on the same ids.
+
+A chat model (06) is judged on its replies: **assistant perplexity** scores only the
+assistant tokens of held-out conversations, and **format adherence** is the share of
+replies the model closes with ``<|end|>``, generated exactly as the chat box does
+(``utils.talk.reply_to``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from utils.chat import IGNORE_INDEX, ChatCollator, ChatFormatError, shifted_targets
 
 __all__ = [
     "perplexity",
@@ -41,10 +48,18 @@ __all__ = [
     "checkpoint_perplexities",
     "distinct_n",
     "repetition_rate",
+    "assistant_losses",
+    "assistant_perplexity",
+    "chat_replies",
+    "format_adherence",
+    "model_logits",
+    "model_block_size",
+    "model_device",
+    "sliding_windows",
 ]
 
 
-# ---- helpers: reading ids and asking a model for logits ----
+# ---- helpers: reading ids and asking a model for logits (also used by utils.safety) ----
 
 
 def _as_id_array(token_ids, name: str = "token_ids") -> np.ndarray:
@@ -73,16 +88,16 @@ def _model_vocab_size(model) -> int | None:
     return _config_value(model, "vocab_size")
 
 
-def _model_block_size(model) -> int | None:
+def model_block_size(model) -> int | None:
     return _config_value(model, "block_size", "n_positions", "max_position_embeddings")
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _logits(model, idx: torch.Tensor) -> torch.Tensor:
+def model_logits(model, idx: torch.Tensor) -> torch.Tensor:
     """(B, T, V) logits from our GPT (returns a tuple) or a transformers model (returns ``.logits``).
 
     Both take the ids as their first positional argument (``idx`` / ``input_ids``).
@@ -91,6 +106,10 @@ def _logits(model, idx: torch.Tensor) -> torch.Tensor:
     if isinstance(output, torch.Tensor):  # a model that returns the logits alone
         return output
     return output.logits if hasattr(output, "logits") else output[0]
+
+
+# The names utils.safety still imports (until it moves to the public ones above).
+_logits, _model_block_size, _model_device = model_logits, model_block_size, model_device
 
 
 def _check_ids(ids: np.ndarray, model) -> None:
@@ -112,7 +131,7 @@ def _check_ids(ids: np.ndarray, model) -> None:
         )
 
 
-def _windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     """The sliding windows over a text of ``n_tokens`` ids: (begin, end, n_scored) each.
 
     A window feeds ids[begin:end] (at most block_size of them) and predicts
@@ -157,7 +176,7 @@ def token_losses(
     """
     ids = _as_id_array(token_ids)
     _check_ids(ids, model)
-    model_block = _model_block_size(model)
+    model_block = model_block_size(model)
     block_size = block_size or model_block
     if block_size is None:
         raise ValueError("token_losses: the model's config has no block_size; pass block_size=...")
@@ -169,10 +188,10 @@ def token_losses(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use at least 1.")
 
-    device = _model_device(model)
+    device = model_device(model)
     ids_t = torch.from_numpy(ids)
     losses = np.empty(ids.size - 1, dtype=np.float64)
-    windows = _windows(ids.size, block_size, stride)
+    windows = sliding_windows(ids.size, block_size, stride)
     # Windows of the same length are batched together (all but the last are full).
     groups: dict[int, list[tuple[int, int, int]]] = {}
     for window in windows:
@@ -185,7 +204,7 @@ def token_losses(
             for i in range(0, len(group), batch_size):
                 chunk = group[i : i + batch_size]
                 rows = torch.stack([ids_t[b : e + 1] for b, e, _ in chunk]).to(device)  # (B, length + 1)
-                logits = _logits(model, rows[:, :-1])  # (B, length, V)
+                logits = model_logits(model, rows[:, :-1])  # (B, length, V)
                 nll = F.cross_entropy(
                     logits.float().transpose(1, 2), rows[:, 1:], reduction="none"
                 )  # (B, length): -ln p(target) at every position
@@ -445,3 +464,85 @@ def repetition_rate(tokens: Sequence, n: int = 4) -> float:
         repeated += gram in seen
         seen.add(gram)
     return repeated / len(ngrams)
+
+
+# ---- chat models: scored on their replies (06) ----
+
+
+@torch.no_grad()
+def assistant_losses(model, examples, pad_id: int, batch_size: int = 16) -> tuple[float, int]:
+    """(summed cross-entropy in nats, number of tokens) over the assistant tokens of ``examples``.
+
+    ``examples``: ``(input_ids, labels)`` pairs as ``utils.chat.encode_dataset`` makes them;
+    they are padded in batches (``ChatCollator``) and scored on the shifted labels.
+    """
+    collate = ChatCollator(pad_id)
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = collate(list(examples[start:start + batch_size]))
+            x = batch["input_ids"].to(device)  # (B, T)
+            y = shifted_targets(batch["labels"]).to(device)  # (B, T)
+            logits = model_logits(model, x)  # (B, T, V)
+            nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum")
+            total += float(nll)
+            count += int((y != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+def assistant_perplexity(model, examples, pad_id: int, batch_size: int = 16) -> float:
+    """exp(mean cross-entropy) over assistant tokens only (replies and their ``<|end|>``), held out.
+
+    The pretraining perplexity scores every token; a chat model is judged on its
+    replies: how surprised is it by what a human actually answered, given the
+    conversation so far?
+    """
+    total, count = assistant_losses(model, examples, pad_id, batch_size)
+    if count == 0:
+        raise ValueError("assistant_perplexity: the examples contain no assistant tokens.")
+    return math.exp(total / count)
+
+
+def chat_replies(model, tokenizer, conversations, max_new_tokens: int = 32, temperature: float = 0.0,
+                 seed: int = 0) -> list[dict]:
+    """For each conversation: the model's reply to its first user turn (with the system message).
+
+    Returns ``{"prompt": messages, "reply": text, "ended": bool, "n_tokens": int}``; ``ended`` is
+    True when the model closed its reply with ``<|end|>`` within ``max_new_tokens``. The replies
+    come from ``utils.talk.reply_to``, the chat box's own path: the same prompt, the same
+    generation loop and the same stop rule (any special token). A conversation whose first
+    message does not fit the context is left out.
+    """
+    from utils.talk import reply_to
+
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    out = []
+    for conversation in conversations:
+        messages = conversation["messages"] if isinstance(conversation, dict) else conversation
+        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        prompt_messages = messages[:first_user + 1]
+        try:
+            reply = reply_to(model, tokenizer, prompt_messages, max_new_tokens, temperature=temperature,
+                             top_k=50 if temperature else None, generator=generator)
+        except ChatFormatError:
+            continue  # a first message longer than the context: nothing fair to ask
+        out.append({"prompt": prompt_messages, "reply": reply.text, "ended": reply.ended,
+                    "n_tokens": len(reply.token_ids)})
+    return out
+
+
+def format_adherence(model, tokenizer, conversations, max_new_tokens: int = 32) -> float:
+    """Share of greedy replies that end with ``<|end|>`` within ``max_new_tokens``.
+
+    A pretrained model has never seen ``<|end|>`` used: it rambles on, writes the
+    user's next line too, or stops nowhere. After SFT it should close its turn.
+    """
+    replies = chat_replies(model, tokenizer, conversations, max_new_tokens)
+    if not replies:
+        raise ValueError("format_adherence: no conversation's first user turn fits in the model's context.")
+    return sum(r["ended"] for r in replies) / len(replies)

@@ -9,9 +9,9 @@ Notebook 06 builds each idea in front of the learner and then uses these functio
 - ``apply_lora`` / ``merge_lora``: low-rank adapters with ``peft``, injected into our
   GPT in place (it stays a ``GPT``, so ``train``, ``generate`` and checkpoints work
   unchanged), and merged back into plain weights for export.
-- ``assistant_perplexity``, ``format_adherence``, ``pretraining_perplexity``: the
-  before/after table (does it answer better, does it stop where a reply ends, what
-  did it forget of plain text).
+- ``evaluate_chat``: the before/after table: assistant perplexity and format
+  adherence (``utils.evaluation``: does it answer better, does it stop where a reply
+  ends) and ``pretraining_perplexity`` (what did it forget of plain text).
 - ``export_hf``: a folder that ``transformers`` loads on its own
   (``AutoModelForCausalLM``, ``AutoTokenizer`` with the chat template, ``pipeline``).
 """
@@ -19,24 +19,19 @@ Notebook 06 builds each idea in front of the learner and then uses these functio
 from __future__ import annotations
 
 import copy
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from utils import checkpoint as ckpt
-from utils import training
+from utils import evaluation, training
 from utils.chat import (
     END,
-    IGNORE_INDEX,
     ChatCollator,
-    ChatFormatError,
     add_chat_tokens,
     chat_token_ids,
-    crop_prompt,
     resize_vocabulary,
     shifted_targets,
 )
@@ -137,7 +132,7 @@ def fine_tune(model, tokenizer, train_examples, val_examples, cfg: training.Trai
     """SFT = ``training.train`` with chat batches. Returns train's metrics (tokens/s counts real tokens, not pads).
 
     With ``out_dir``, the folder ends up a chat checkpoint: weights, config and the
-    tokenizer in ``out_dir/tokenizer`` (``utils.chat.load_chat_model`` and
+    tokenizer in ``out_dir/tokenizer`` (``utils.talk.load_chat_model`` and
     ``python -m utils.chat --checkpoint out_dir`` read it). A LoRA model keeps its
     resumable training state in ``out_dir/lora_run`` and ``out_dir`` gets the merged
     weights (a plain GPT).
@@ -218,94 +213,13 @@ def merge_lora(model: GPT) -> GPT:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def assistant_losses(model, examples, pad_id: int, batch_size: int = 16) -> tuple[float, int]:
-    """(summed cross-entropy in nats, number of tokens) over the assistant tokens of ``examples``."""
-    collate = ChatCollator(pad_id)
-    device = _device(model)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in range(0, len(examples), batch_size):
-            batch = collate(list(examples[start:start + batch_size]))
-            x = batch["input_ids"].to(device)  # (B, T)
-            y = shifted_targets(batch["labels"]).to(device)  # (B, T)
-            logits, _ = model(x)  # (B, T, V)
-            nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX,
-                                  reduction="sum")
-            total += float(nll)
-            count += int((y != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
-    return total, count
-
-
-def assistant_perplexity(model, examples, pad_id: int, batch_size: int = 16) -> float:
-    """exp(mean cross-entropy) over assistant tokens only (replies and their ``<|end|>``), held out.
-
-    The pretraining perplexity scores every token; a chat model is judged on its
-    replies: how surprised is it by what a human actually answered, given the
-    conversation so far?
-    """
-    total, count = assistant_losses(model, examples, pad_id, batch_size)
-    if count == 0:
-        raise ValueError("assistant_perplexity: the examples contain no assistant tokens.")
-    return math.exp(total / count)
-
-
-@torch.no_grad()
-def chat_replies(model, tokenizer, conversations, max_new_tokens: int = 32, temperature: float = 0.0,
-                 seed: int = 0) -> list[dict]:
-    """For each conversation: the model's reply to its first user turn (with the system message).
-
-    Returns ``{"prompt": messages, "reply": text, "ended": bool, "n_tokens": int}``; ``ended`` is
-    True when the model closed its reply with ``<|end|>`` within ``max_new_tokens``.
-    """
-    end_id = chat_token_ids(tokenizer)[END]
-    generator = torch.Generator(device=_device(model)).manual_seed(seed)
-    out = []
-    for conversation in conversations:
-        messages = conversation["messages"] if isinstance(conversation, dict) else conversation
-        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        prompt_messages = messages[:first_user + 1]
-        try:
-            ids = crop_prompt(tokenizer, prompt_messages, model.config.block_size, max_new_tokens)
-        except ChatFormatError:
-            continue  # a first message longer than the context: nothing fair to ask
-        idx = torch.tensor([ids], dtype=torch.long, device=_device(model))  # (1, T)
-        new = model.generate(idx, max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
-                             generator=generator, stop_ids=[end_id])[0, len(ids):].tolist()
-        ended = end_id in new
-        reply_ids = new[:new.index(end_id)] if ended else new
-        out.append({"prompt": prompt_messages, "reply": tokenizer.decode(reply_ids, skip_special_tokens=True),
-                    "ended": ended, "n_tokens": len(reply_ids)})
-    return out
-
-
-def format_adherence(model, tokenizer, conversations, max_new_tokens: int = 32) -> float:
-    """Share of greedy replies that end with ``<|end|>`` within ``max_new_tokens``.
-
-    A pretrained model has never seen ``<|end|>`` used: it rambles on, writes the
-    user's next line too, or stops nowhere. After SFT it should close its turn.
-    """
-    replies = chat_replies(model, tokenizer, conversations, max_new_tokens)
-    if not replies:
-        raise ValueError("format_adherence: no conversation's first user turn fits in the model's context.")
-    return sum(r["ended"] for r in replies) / len(replies)
-
-
 def pretraining_perplexity(model, cfg, max_tokens: int = 20_000) -> float:
     """Perplexity on (the first ``max_tokens`` of) the pretraining validation ids: forgetting, measured.
 
     Compare before and after fine-tuning: a rise means the model lost some of its
     plain-text language modelling while learning the chat format.
     """
-    from utils import corpus, evaluation
+    from utils import corpus
     from utils.token_files import read_token_file
 
     ids = np.asarray(read_token_file(corpus.ensure_corpus(cfg).tokens("validation"))[:max_tokens])
@@ -315,8 +229,8 @@ def pretraining_perplexity(model, cfg, max_tokens: int = 20_000) -> float:
 def evaluate_chat(model, tokenizer, examples, conversations, cfg=None, max_new_tokens: int = 32) -> dict:
     """The row of the before/after table: assistant perplexity, format adherence, pretraining perplexity."""
     row = {
-        "assistant_perplexity": assistant_perplexity(model, examples, tokenizer.pad_token_id),
-        "format_adherence": format_adherence(model, tokenizer, conversations, max_new_tokens),
+        "assistant_perplexity": evaluation.assistant_perplexity(model, examples, tokenizer.pad_token_id),
+        "format_adherence": evaluation.format_adherence(model, tokenizer, conversations, max_new_tokens),
     }
     if cfg is not None:
         row["pretraining_perplexity"] = pretraining_perplexity(model, cfg)
