@@ -22,11 +22,31 @@ def test_unknown_profile_names_the_choices(monkeypatch):
         config.profile_name()
 
 
-def test_profiles_grow_from_ci_to_gpu():
+SIZES = ("max_conversations", "spelling_sample", "bpe_train_chars", "bpe_vocab_size", "tokenizer_vocab_size",
+         "n_layer", "n_embd", "block_size", "max_iters", "eval_iters", "sft_max_iters")
+
+
+def test_ci_is_the_smallest_profile_in_every_size():
+    """ci must finish each notebook in seconds: no size of it may exceed the cpu profile's (None = all data)."""
     ci, cpu, gpu = (config.PROFILES[n] for n in config.PROFILE_NAMES)
-    assert ci.max_conversations is not None and cpu.max_conversations is None
-    assert ci.tokenizer_vocab_size < cpu.tokenizer_vocab_size < gpu.tokenizer_vocab_size
-    assert ci.bpe_train_chars < cpu.bpe_train_chars
+    for field in SIZES:
+        small, large = (getattr(p, field) for p in (ci, cpu))
+        assert small is not None and (large is None or small <= large), field
+    assert ci.tokenizer_vocab_size < cpu.tokenizer_vocab_size <= gpu.tokenizer_vocab_size
+
+
+@pytest.mark.parametrize("name", config.PROFILE_NAMES)
+def test_every_profile_describes_a_model_and_budgets_that_work(name):
+    from utils.finetune import sft_config
+    from utils.pretrained import model_config, train_config
+
+    profile = config.PROFILES[name]
+    model = model_config(profile, profile.tokenizer_vocab_size)  # GPTConfig checks that the heads divide the width
+    assert model.n_embd % model.n_head == 0
+    assert 256 < profile.bpe_vocab_size and 256 < profile.tokenizer_vocab_size  # byte-level: room for merges
+    for budget in (train_config(profile, seed=0), sft_config(profile)):
+        assert budget.block_size <= model.block_size
+        assert 0 < budget.warmup_iters < budget.max_iters and 0 < budget.eval_interval <= budget.max_iters
 
 
 def test_hf_offline_wins_without_touching_the_network(monkeypatch):
@@ -55,11 +75,13 @@ def test_seed_everything_replays_the_same_numbers():
     assert torch.equal(first, torch.rand(4))
 
 
-def test_load_reports_profile_and_device(monkeypatch, capsys):
+def test_load_reports_profile_and_device_and_makes_the_folders(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("COURSE_PROFILE", "ci")
+    monkeypatch.setattr(config, "REPO_ROOT", tmp_path)  # the folders go to a temporary tree, not the repository
     cfg = config.load()
     assert cfg.profile.name == "ci" and cfg.device in ("cpu", "cuda", "mps")
     assert "profile=ci" in capsys.readouterr().out
+    assert cfg.paths.root == tmp_path and cfg.paths.processed.is_dir() and cfg.paths.checkpoints.is_dir()
 
 
 def test_use_threads_applies_the_profile(monkeypatch):
