@@ -142,7 +142,7 @@ def fine_tune(model, tokenizer, train_examples, val_examples, cfg: training.Trai
     run_dir = None if out_dir is None else (Path(out_dir) / "lora_run" if lora else Path(out_dir))
     metrics = training.train(model, cfg=cfg, out_dir=run_dir, resume=resume, batch_fn=batch_fn,
                              callback=callback, tokenizer_name="chat")
-    if out_dir is not None:
+    if out_dir is not None and training.is_main_process():  # under torchrun, one process writes
         if lora:
             merged = merge_lora(copy.deepcopy(model))
             ckpt.save_model(merged, out_dir, "chat", len(tokenizer), metrics["iters"])

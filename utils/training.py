@@ -231,6 +231,13 @@ class Dist:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """True in a single process, and in rank 0 of a torchrun group: the one process that writes files."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def setup_distributed(device_name: str = "auto") -> tuple[Dist, str]:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, ... in the environment).
 
