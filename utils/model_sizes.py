@@ -1,8 +1,8 @@
 """How big is a GPT? Parameters, FLOPs and training memory, computed on paper.
 
 Nothing here allocates a model: ``count_parameters(GPT_PRESETS["gpt3-175b"])``
-is instant. Notebook 03 uses it for the GPT-1/2/3 size table and the
-"what fits my GPU" table (a Colab T4 has 16 GB).
+is instant. Notebook 03 uses it for the size table (GPT-1/2/3, and SmolLM2-135M
+in the Llama layout) and the "what fits my GPU" table (a Colab T4 has 16 GB).
 """
 
 from __future__ import annotations
@@ -45,10 +45,16 @@ GPT_PRESETS: dict[str, GPTConfig] = {
     # Table 2.1 lists d_model 5140 with 40 heads of 128 (= 5120); we use 5120.
     "gpt3-13b": _preset(40, 40, 5120, block_size=2048),
     "gpt3-175b": _preset(96, 96, 12288, block_size=2048),
+    # SmolLM2-135M (Hugging Face 2024), the base of the chat model the course runs offline
+    # (utils.pretrained.load_smollm2): the Llama layout, 3 key/value heads for 9 query heads,
+    # a SwiGLU feed-forward of width 1536, RoPE with theta 100,000, tied embeddings.
+    "smollm2-135m": GPTConfig.llama(vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3,
+                                    n_embd=576, mlp_hidden=1536, rope_theta=100000.0, tie_embeddings=True),
 }
 
-# The figures the papers (GPT-1, GPT-3) and the released checkpoints (GPT-2, counted with
-# the embedding tied to the output layer) give. GPT-2's are exact; the others are rounded.
+# The figures the papers (GPT-1, GPT-3) and the released checkpoints (GPT-2 and SmolLM2,
+# counted with the embedding tied to the output layer) give. The checkpoints' are exact;
+# the papers' are rounded.
 PUBLISHED_PARAMETERS: dict[str, int] = {
     "gpt1": 117_000_000,
     "gpt2": 124_439_808,
@@ -63,6 +69,7 @@ PUBLISHED_PARAMETERS: dict[str, int] = {
     "gpt3-6.7b": 6_700_000_000,
     "gpt3-13b": 13_000_000_000,
     "gpt3-175b": 175_000_000_000,
+    "smollm2-135m": 134_515_008,
 }
 
 
