@@ -1,6 +1,10 @@
-# make course : install what is missing, run notebooks 00-07 headless, write build/report.md
+# make course : install what is missing, run every notebook headless, write build/<profile>/report.md
+#               (unchanged notebooks are reused; FRESH=1 reruns all; TIMEOUT=s sets the per-cell limit)
 # make test   : install what is missing, unit tests + nbval over notebooks/ and solutions/ (ci profile, offline)
-# make lab    : open JupyterLab at the repo root
+# make chat   : talk to your fine-tuned model in the terminal (ARGS="..." passes options to utils.chat)
+# make lab    : open JupyterLab at the repo root (ARGS="..." passes options to jupyter lab)
+# make readme-times : rewrite README.md's time table from the last measured make course
+# make browser-test : the widgets in JupyterLab in headless Chromium (installs Chromium with apt-get if missing)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
@@ -9,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install course test unit nbval lab benchmarks clean
+.PHONY: install course test unit nbval lab chat readme-times browser-test benchmarks clean
 
 # torch goes first, pinned, so that requirements.txt's range is already met and
 # pip does not fetch a different (multi-GB) build; then everything else.
@@ -25,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 course: $(STAMP)
-	$(BIN)/python -m utils.course
+	@$(BIN)/python -m utils.course $(if $(FRESH),--fresh) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 test: $(STAMP)
 	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q --durations=15 tests \
@@ -37,8 +41,23 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env notebooks solutions
 
+# Containers and cloud notebooks run as root, which JupyterLab refuses without --allow-root.
 lab: $(STAMP)
-	$(BIN)/jupyter lab
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root) $(ARGS)
+
+chat: $(STAMP)
+	@$(OFFLINE) $(BIN)/python -m utils.chat_command $(ARGS)
+
+readme-times: $(STAMP)
+	@$(BIN)/python -m utils.readme_times
+
+# Debian's chromium and chromium-driver (apt-get, as root); selenium into the course's .venv.
+browser-test: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		{ echo "browser-test needs Chromium and its driver: sudo apt-get install chromium chromium-driver"; exit 1; }
+	@$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/python -m pip install -q -r tests/browser/requirements.txt
+	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
 # Speed and quality against a reference library measured in the same run (minutes; Shakespeare: ~6 min)
 benchmarks: $(STAMP)
