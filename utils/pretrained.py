@@ -85,8 +85,11 @@ def pretrain(cfg, callback=None) -> dict:
     return metrics
 
 
-def ensure_pretrained(cfg, device: str = "cpu"):
-    """``(model, tokenizer)`` of the profile's checkpoint, training it first (with a message) if 04 has not run."""
+def ensure_pretrained(cfg, device: str | None = None):
+    """``(model, tokenizer)`` of the profile's checkpoint, training it first (with a message) if 04 has not run.
+
+    The model is loaded on ``device`` (default: the course's device, ``cfg.device``: the GPU when there is one).
+    """
     from transformers import AutoTokenizer
 
     out = checkpoint_dir(cfg)
@@ -94,7 +97,7 @@ def ensure_pretrained(cfg, device: str = "cpu"):
         print(f"No pretrained checkpoint in {out} yet: training it now (what notebook 04 does).")
         pretrain(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    return load_checkpoint(out, tokenizer=tokenizer, device=device), tokenizer
+    return load_checkpoint(out, tokenizer=tokenizer, device=device or cfg.device), tokenizer
 
 
 # --------------------------------------------------------------------------- SmolLM2-135M-Instruct
