@@ -54,10 +54,10 @@ readme-times: $(STAMP)
 # Debian's chromium and chromium-driver (apt-get, as root); selenium into the course's .venv.
 browser-test: $(STAMP)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		{ [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 		{ echo "browser-test needs Chromium and its driver: sudo apt-get install chromium chromium-driver"; exit 1; }
 	@$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/python -m pip install -q -r tests/browser/requirements.txt
-	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+	COURSE_BROWSER_TEST=1 COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
 # Speed and quality against a reference library measured in the same run (minutes; Shakespeare: ~6 min)
 benchmarks: $(STAMP)
