@@ -56,6 +56,13 @@ class Profile:
     sft_max_iters: int  # optimizer steps of supervised fine-tuning
     sft_batch_size: int  # conversations per micro-batch
     sft_eval_iters: int  # batches averaged per validation-loss estimate (fine-tuning)
+    # 06 "Make it yours": LoRA on SmolLM2-135M-Instruct (utils.identity)
+    identity_max_iters: int  # LoRA optimizer steps
+    identity_batch_size: int  # conversations per step
+    identity_lora_rank: int  # r of each adapter (alpha = 2r)
+    identity_lora_layers: int  # adapt only the last N of SmolLM2's 30 blocks: backpropagation stops there
+    identity_eval_questions: int | None  # held-out and factual questions asked (each set); None = all
+    identity_max_new_tokens: int  # reply budget per evaluation question (greedy)
     # the machine
     progress: bool  # progress bars and running loss prints while training (off in ci: short logs)
     torch_threads: int | None  # torch.set_num_threads for the training notebooks; None = torch's default
@@ -84,6 +91,12 @@ PROFILES = {
         sft_max_iters=150,
         sft_batch_size=8,
         sft_eval_iters=5,
+        identity_max_iters=3,  # a few steps: checks the path, teaches nothing
+        identity_batch_size=4,
+        identity_lora_rank=4,
+        identity_lora_layers=2,
+        identity_eval_questions=3,
+        identity_max_new_tokens=8,
         progress=False,
         torch_threads=1,  # models this small spend more time syncing 2 threads than computing
     ),
@@ -109,6 +122,12 @@ PROFILES = {
         sft_max_iters=600,
         sft_batch_size=16,
         sft_eval_iters=20,
+        identity_max_iters=60,
+        identity_batch_size=8,
+        identity_lora_rank=8,
+        identity_lora_layers=30,
+        identity_eval_questions=None,
+        identity_max_new_tokens=32,
         progress=True,
         torch_threads=None,
     ),
@@ -134,6 +153,12 @@ PROFILES = {
         sft_max_iters=600,
         sft_batch_size=8,
         sft_eval_iters=20,
+        identity_max_iters=60,
+        identity_batch_size=8,
+        identity_lora_rank=8,
+        identity_lora_layers=30,
+        identity_eval_questions=None,
+        identity_max_new_tokens=32,
         progress=True,
         torch_threads=None,
     ),
