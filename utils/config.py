@@ -56,6 +56,7 @@ class Profile:
     sft_max_iters: int  # optimizer steps of supervised fine-tuning
     sft_batch_size: int  # conversations per micro-batch
     sft_eval_iters: int  # batches averaged per validation-loss estimate (fine-tuning)
+    sft_eval_conversations: int  # held-out chats whose first, middle and last turns test format adherence
     # 06 "Make it yours": LoRA on SmolLM2-135M-Instruct (utils.identity)
     identity_max_iters: int  # LoRA optimizer steps
     identity_batch_size: int  # conversations per step
@@ -91,6 +92,7 @@ PROFILES = {
         sft_max_iters=150,
         sft_batch_size=8,
         sft_eval_iters=5,
+        sft_eval_conversations=10,
         identity_max_iters=3,  # a few steps: checks the path, teaches nothing
         identity_batch_size=4,
         identity_lora_rank=4,
@@ -122,6 +124,7 @@ PROFILES = {
         sft_max_iters=600,
         sft_batch_size=16,
         sft_eval_iters=20,
+        sft_eval_conversations=100,
         identity_max_iters=60,
         identity_batch_size=8,
         identity_lora_rank=8,
@@ -153,6 +156,7 @@ PROFILES = {
         sft_max_iters=600,
         sft_batch_size=8,
         sft_eval_iters=20,
+        sft_eval_conversations=300,
         identity_max_iters=60,
         identity_batch_size=8,
         identity_lora_rank=8,
