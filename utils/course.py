@@ -56,6 +56,14 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cores} CPU cores"
 
 
+def _load() -> float | None:
+    """The 1-minute load average: above the core count, other work shared the machine and times ran long."""
+    try:
+        return round(os.getloadavg()[0], 1)
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
 class Run:
     """One ``make course``: the staging folder, the stages to run or reuse, the swap at the end."""
 
@@ -67,6 +75,7 @@ class Run:
         self.current = self.root / "build" / profile  # the last complete results
         self.staging = self.root / "build" / f"{profile}.next"  # this run's, swapped in at the end
         self.previous = self.root / "build" / f"{profile}.old"
+        self.load_at_start = _load()
 
     def shown(self, path: Path) -> str:
         return _shown(path, self.root)
@@ -161,7 +170,8 @@ class Run:
             record.finished = record.finished or finished
         state.save(self.staging)
         write_json_atomically(self.staging / RUN_FILE, {"profile": self.profile, "finished": finished,
-                                                        "machine": _machine(), "python": platform.python_version()})
+                                                        "machine": _machine(), "python": platform.python_version(),
+                                                        "load_average": [self.load_at_start, _load()]})
         card = report.render(self.staging / "report")
         model_card.write_model_card(self.staging / "report")
         self.swap()

@@ -34,8 +34,18 @@ def measured(root: Path = REPO_ROOT) -> dict[str, dict]:
         if timings_path.exists() and run_path.exists():
             run = json.loads(run_path.read_text(encoding="utf-8"))
             found[profile] = {"notebooks": json.loads(timings_path.read_text(encoding="utf-8")),
-                              "finished": run.get("finished", "?"), "machine": run.get("machine", "?")}
+                              "finished": run.get("finished", "?"), "machine": run.get("machine", "?"),
+                              "load_average": run.get("load_average")}
     return found
+
+
+def _load_note(entry: dict) -> str:
+    """Say so when other work shared the machine (load average above the core count): those times ran long."""
+    loads = [x for x in entry.get("load_average") or [] if x is not None]
+    cores = re.search(r"(\d+) CPU cores", entry.get("machine", ""))
+    if loads and cores and max(loads) > int(cores.group(1)):
+        return f", while other work shared the cores (load average up to {max(loads):g}): expect less"
+    return ""
 
 
 def render_block(figures: dict[str, dict], notebooks: list[str]) -> str:
@@ -54,7 +64,7 @@ def render_block(figures: dict[str, dict], notebooks: list[str]) -> str:
     totals = [sum(s for n, s in figures[p]["notebooks"].items() if n in notebooks) for p in profiles]
     lines += ["| **all** | " + " | ".join(f"**{format_seconds(t)}**" for t in totals) + " |", ""]
     lines += [f"`{p}`: measured by `make course` on {figures[p]['machine']}, run finished "
-              f"{figures[p]['finished'][:10]}." for p in profiles]
+              f"{figures[p]['finished'][:10]}{_load_note(figures[p])}." for p in profiles]
     return "\n".join(lines + [END])
 
 
