@@ -64,3 +64,15 @@ def test_readme_without_the_block_says_where_to_put_it(tmp_path):
     readme.write_text("# no block\n")
     with pytest.raises(ValueError, match="course-times:begin"):
         readme_times.update_readme(readme, root=tmp_path)
+
+
+def test_readme_says_when_other_work_shared_the_cores(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "00_setup.ipynb").write_text("{}")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{readme_times.BEGIN}\n{readme_times.END}\n")
+    measured_run(tmp_path, "ci", {"00_setup": 36.9})
+    run = tmp_path / "build" / "ci" / "run.json"
+    run.write_text(json.dumps({**json.loads(run.read_text()), "load_average": [6.5, 13.3]}))
+    readme_times.update_readme(readme, root=tmp_path)
+    assert "while other work shared the cores (load average up to 13.3): expect less" in readme.read_text()

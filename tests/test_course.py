@@ -189,3 +189,13 @@ def test_ctrl_c_stops_with_one_line_and_no_traceback(tmp_path):
 def test_first_line_skips_comments():
     assert first_line("# NBVAL_CHECK_OUTPUT\n\nmodel = GPT(config)\nmore") == "model = GPT(config)"
     assert first_line("x" * 100).endswith("…") and len(first_line("x" * 100)) == 60
+
+
+def test_progress_line_says_cells_done_elapsed_and_the_running_cell():
+    import io
+
+    from utils.notebook_runner import Progress, ProgressLine
+
+    progress = Progress("05_evaluation", total=40, done=12, cell_number=25, first_line="widgets.interact(")
+    text = ProgressLine(io.StringIO()).text(progress)
+    assert "12/40 cells" in text and "cell 25: widgets.interact(" in text and "0:00" in text

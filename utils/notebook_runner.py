@@ -260,9 +260,13 @@ class ProgressLine:
 
     def text(self, progress: Progress) -> str:
         now = time.monotonic()
-        cell = f"  cell {progress.cell_number}: {progress.first_line}" if progress.cell_number else "  starting"
-        return (f"  {progress.done}/{progress.total} cells  {_clock(now - progress.started)}"
-                f"  ({_clock(now - progress.cell_started)} in this cell){cell}")
+        done = f"  {progress.done}/{progress.total} cells  {_clock(now - progress.started)}"
+        if progress.cell_number is None:
+            return done + "  starting the kernel"
+        if progress.done == progress.total:
+            return done + "  shutting the kernel down"
+        return done + f"  ({_clock(now - progress.cell_started)} in this cell)  cell {progress.cell_number}: " \
+                      f"{progress.first_line}"
 
     def __call__(self, progress: Progress) -> None:
         if self.tty:
@@ -275,7 +279,7 @@ class ProgressLine:
         last = self._last_logged.get(key)
         if (last is None and running >= 30) or (last is not None and running - last >= 60):
             self._last_logged[key] = running
-            print(self.text(progress), file=self.stream, flush=True)
+            print(f"  {progress.notebook}" + self.text(progress), file=self.stream, flush=True)
 
     def clear(self) -> None:
         if self.tty:
