@@ -72,6 +72,7 @@ def test_calculator_shows_an_error_instead_of_losing_it():
     assert "gpt2 batch 8 mixed (bf16) on 16 GB: fits" in panel.text  # mixed precision by default
     panel.controls["gpu_gb"].value = 80
     assert "on 80 GB" in panel.text
+    assert "GPU = A100 (80 GB)" in panel._repr_mimebundle_()["text/plain"]  # the stored copy names the choice
     panel.controls["batch_size"].value = 40
     assert panel.text.startswith("error: ValueError: batch too large")
 

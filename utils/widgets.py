@@ -79,8 +79,10 @@ class PrintingPanel:
         return self.text
 
     def settings(self) -> str:
-        return ", ".join(f"{self.controls[name].description or name} = {value!r}"
-                         for name, value in self.values().items())
+        """``model = 'gpt2', GPU = Colab T4 (16 GB)``: a dropdown shows its label, other controls their value."""
+        shown = {name: control.label if isinstance(control, widgets.Dropdown) else repr(control.value)
+                 for name, control in self.controls.items()}
+        return ", ".join(f"{self.controls[name].description or name} = {text}" for name, text in shown.items())
 
     def _repr_mimebundle_(self, **kwargs):
         text = f"{self.title} (interactive: run the cell in Jupyter to change {self.settings()})\n\n{self.text}"
