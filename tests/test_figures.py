@@ -51,3 +51,18 @@ def test_rope_diagram_returns_the_matrix_it_draws():
     plt.close(fig)
     with pytest.raises(ValueError, match="pairs"):
         figures.rope_diagram(head_size=8, pairs=(0, 4))
+
+
+def test_sizes_and_memory_stacks_every_part_of_every_row():
+    import pandas as pd
+
+    sizes = pd.DataFrame({"parameters": [117e6, 175e9], "published": [117e6, 175e9]}, index=["gpt1", "gpt3-175b"])
+    memory = pd.DataFrame({"weights": [0.5, 0.5], "activations": [3.9, 2.3], "total": [4.4, 2.8]},
+                          index=pd.MultiIndex.from_tuples([("gpt1", "fp32"), ("gpt1", "mixed")]))
+    fig = figures.sizes_and_memory(sizes, memory, gpu_gb=16)
+    left, right = fig.axes
+    assert left.get_title() == "2 models, 117 M to 175 B parameters"
+    assert len(right.patches) == 2 * 2  # two parts (the total is not drawn) for each of two rows
+    tops = sorted(p.get_y() + p.get_height() for p in right.patches)
+    assert tops[-2:] == pytest.approx([2.8, 4.4])  # each stack reaches its row's total
+    plt.close(fig)

@@ -5,6 +5,7 @@
 - ``block_diagram``: a GPT-2 block and a Llama block side by side (what changed in today's LLMs).
 - ``rope_diagram``: rotary position embeddings: channel pairs turning with the position, and a
   query-key dot product that depends only on the distance. Computed with ``utils.model``'s RoPE.
+- ``sizes_and_memory``: parameters computed vs published, and training memory part by part.
 
 Every function returns the matplotlib Figure (or Axes); the notebook shows it with ``plt.show()``.
 """
@@ -217,3 +218,38 @@ def rope_diagram(head_size: int = 16, theta: float = 10000.0, pairs=(0, 1, 3, 7)
     fig.colorbar(image, ax=dots, shrink=0.8)
     fig.tight_layout()
     return fig, matrix
+
+
+def sizes_and_memory(sizes, memory, gpu_gb: float = 16.0, gpu_name: str = "Colab T4",
+                     memory_title: str = "training memory, batch 8 at full context"):
+    """Two panels of notebook 03's size tables.
+
+    Left: parameters per preset, computed (bars) and published (black ticks), log scale;
+    ``sizes`` is a DataFrame indexed by preset with "parameters" and "published" columns.
+    Right: training memory in GB stacked by part, one bar per (model, precision) row of
+    ``memory`` (its columns: the parts, and "total", which is not drawn), and the GPU's size.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw=dict(width_ratios=(1, 1.3)))
+    names = list(sizes.index)
+    left.barh(names, sizes["parameters"], label="computed")
+    left.scatter(sizes["published"], names, color="black", marker="|", s=200, label="published", zorder=3)
+    left.set_xscale("log")
+    left.invert_yaxis()
+    left.set_xlabel("parameters (log scale)")
+    left.set_title(f"{len(names)} models, {sizes['parameters'].min() / 1e6:,.0f} M to "
+                   f"{sizes['parameters'].max() / 1e9:,.0f} B parameters")
+    left.legend()
+
+    stack = memory.drop(columns="total")
+    labels = [" ".join(map(str, row)) if isinstance(row, tuple) else str(row) for row in stack.index]
+    bottom = [0.0] * len(stack)
+    for part in stack.columns:
+        right.bar(labels, stack[part], bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, stack[part])]
+    right.axhline(gpu_gb, color="red", linestyle="--", label=f"{gpu_name}: {gpu_gb:g} GB")
+    right.set_ylabel("GB")
+    right.set_title(memory_title)
+    right.tick_params(axis="x", labelrotation=60, labelsize=8)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
