@@ -222,4 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:  # Ctrl-C: results and message are written; skip the interpreter's teardown of
+        sys.stdout.flush()  # half-closed kernel sockets, which can abort in libzmq after the message
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -184,7 +184,7 @@ def run_notebook(path: Path, out_path: Path, *, timeout: int | None, env: dict[s
                 client.shutdown_kernel = "immediate"  # a busy kernel would ignore a polite shutdown request
                 worker.cancel()
                 try:
-                    worker.join(30)
+                    worker.join()
                 except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for the kernel to go
                     pass
         seconds = time.monotonic() - progress.started
@@ -234,6 +234,12 @@ class _Worker(threading.Thread):
         except BaseException as error:  # reported by run_notebook, in the main thread
             self.error = error
         finally:
+            # nbclient leaves helper tasks behind when a cell is cancelled (its kernel-alive poll):
+            # end them here, as asyncio.run does, rather than let them touch closed sockets later.
+            leftovers = asyncio.all_tasks(self._loop)
+            for task in leftovers:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
             self._loop.close()
 
     def cancel(self):
