@@ -2,17 +2,45 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from utils import config, pretrained
+from utils.model_sizes import count_parameters
 
 
 def test_configs_follow_the_profile():
     profile = config.PROFILES["cpu"]
     model = pretrained.model_config(profile, vocab_size=4096)
-    assert (model.n_layer, model.n_head, model.n_embd, model.block_size) == (4, 4, 128, 128)
+    assert (model.n_layer, model.n_head, model.n_embd, model.block_size) == (
+        profile.n_layer, profile.n_head, profile.n_embd, profile.block_size)
+    assert model.layout == profile.layout
     train = pretrained.train_config(profile, seed=3)
     assert train.max_iters == profile.max_iters and train.min_lr == profile.learning_rate / 10
+
+
+def test_model_config_takes_changes_and_builds_either_block_at_about_the_same_size():
+    profile = config.PROFILES["ci"]
+    gpt2 = pretrained.model_config(profile, 300, layout="gpt2")
+    llama = pretrained.model_config(profile, 300, layout="llama")
+    assert (gpt2.layout, llama.layout) == ("gpt2", "llama")
+    # about the same size (no position table, no biases, 8C/3 rounded); the study gives both the same FLOPs anyway
+    assert abs(count_parameters(llama) - count_parameters(gpt2)) < 0.1 * count_parameters(gpt2)
+    other = pretrained.model_config(profile, 300, n_layer=3, n_head=4, n_embd=96)
+    assert (other.n_layer, other.n_head, other.n_embd, other.block_size) == (3, 4, 96, profile.block_size)
+    assert pretrained.swiglu_hidden(768) == 2048  # 8C/3, as Llama-style models use
+    with pytest.raises(ValueError, match="layout='bert'"):
+        pretrained.model_config(profile, 300, layout="bert")
+
+
+@pytest.mark.parametrize("name", config.PROFILE_NAMES)
+def test_every_profile_studies_its_own_shape_among_buildable_candidates(name):
+    profile = config.PROFILES[name]
+    assert (profile.n_layer, profile.n_head, profile.n_embd) in profile.study_shapes
+    assert 0 < profile.study_iters < profile.max_iters and profile.study_eval_tokens > profile.block_size
+    for n_layer, n_head, n_embd in profile.study_shapes:  # GPTConfig refuses heads that do not divide the width
+        for layout in ("gpt2", "llama"):
+            pretrained.model_config(profile, 300, n_layer=n_layer, n_head=n_head, n_embd=n_embd, layout=layout)
 
 
 def test_ensure_pretrained_trains_once_then_loads(tmp_path, capsys):

@@ -52,6 +52,11 @@ class Profile:
     warmup_iters: int  # steps of linear warm-up
     eval_interval: int  # steps between validation losses, samples and checkpoints
     eval_iters: int  # batches averaged per validation-loss estimate (pretraining)
+    layout: str  # the block: "gpt2" (LayerNorm, learned positions, GELU) or "llama" (RMSNorm, RoPE, SwiGLU)
+    # 04's size study: candidate shapes trained on the same compute, a fraction of the pretraining run's
+    study_iters: int  # each candidate gets the FLOPs that the profile's model spends in this many steps
+    study_shapes: tuple[tuple[int, int, int], ...]  # candidate (n_layer, n_head, n_embd), the profile's own among them
+    study_eval_tokens: int  # validation tokens that score every candidate
     # 06 fine-tuning budget (the model and context are the pretrained one's)
     sft_max_iters: int  # optimizer steps of supervised fine-tuning
     sft_batch_size: int  # conversations per micro-batch
@@ -89,6 +94,10 @@ PROFILES = {
         warmup_iters=10,
         eval_interval=30,
         eval_iters=10,
+        layout="gpt2",
+        study_iters=20,
+        study_shapes=((1, 2, 32), (2, 2, 64), (3, 4, 96)),
+        study_eval_tokens=2048,
         sft_max_iters=150,
         sft_batch_size=8,
         sft_eval_iters=5,
@@ -121,6 +130,10 @@ PROFILES = {
         warmup_iters=50,
         eval_interval=200,
         eval_iters=50,
+        layout="gpt2",
+        study_iters=100,
+        study_shapes=((2, 2, 64), (3, 3, 96), (4, 4, 128), (4, 6, 192)),
+        study_eval_tokens=65536,
         sft_max_iters=600,
         sft_batch_size=16,
         sft_eval_iters=20,
@@ -153,6 +166,10 @@ PROFILES = {
         warmup_iters=100,
         eval_interval=200,
         eval_iters=50,
+        layout="gpt2",
+        study_iters=40,
+        study_shapes=((4, 4, 256), (6, 6, 384), (8, 8, 512), (12, 12, 768)),
+        study_eval_tokens=262144,
         sft_max_iters=600,
         sft_batch_size=8,
         sft_eval_iters=20,

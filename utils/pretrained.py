@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -28,16 +29,29 @@ from utils.token_files import read_token_file
 from utils.tokenization import ENDOFTEXT
 
 
-def model_config(profile, vocab_size: int) -> GPTConfig:
-    """The GPT shape a profile trains (03 shows its size, 04 trains it)."""
-    return GPTConfig(
-        vocab_size=vocab_size,
-        block_size=profile.block_size,
-        n_layer=profile.n_layer,
-        n_head=profile.n_head,
-        n_embd=profile.n_embd,
-        dropout=0.0,
-    )
+SWIGLU_MULTIPLE = 32  # SwiGLU's hidden width is rounded to a multiple of this (matmul-friendly)
+
+
+def swiglu_hidden(n_embd: int) -> int:
+    """SwiGLU's hidden width: about 8C/3, so its three matrices hold as many weights as GELU's two of 4C."""
+    return SWIGLU_MULTIPLE * max(1, round(8 * n_embd / 3 / SWIGLU_MULTIPLE))
+
+
+def model_config(profile, vocab_size: int, **changes) -> GPTConfig:
+    """The GPT a profile trains (03 shows its size, 04 trains it), in the profile's layout.
+
+    ``changes`` replace profile fields first, e.g. ``n_layer=2, n_head=2, n_embd=64`` or
+    ``layout="llama"``: 04's study builds its candidates this way, so that they differ
+    from the real run only where the study says so.
+    """
+    profile = dataclasses.replace(profile, **changes)
+    fields = dict(vocab_size=vocab_size, block_size=profile.block_size, n_layer=profile.n_layer,
+                  n_head=profile.n_head, n_embd=profile.n_embd, dropout=0.0)
+    if profile.layout == "llama":  # RMSNorm, RoPE, SwiGLU, no biases; tied embeddings as GPT-2
+        return GPTConfig.llama(**fields, mlp_hidden=swiglu_hidden(profile.n_embd))
+    if profile.layout != "gpt2":
+        raise ValueError(f"profile {profile.name!r}: layout={profile.layout!r}; use 'gpt2' or 'llama'.")
+    return GPTConfig(**fields)
 
 
 def train_config(profile, seed: int) -> training.TrainConfig:
