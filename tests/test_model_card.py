@@ -68,7 +68,9 @@ def test_label_one_style():
 def test_card_compares_the_gpt_with_the_bigram_baseline(tmp_path):
     report.record("05_evaluation", {"validation perplexity": 130.93, "bigram perplexity": 102.8}, report_dir=tmp_path)
     card = render_model_card(tmp_path)
-    assert "The GPT does not beat the bigram baseline yet" in card and "27% worse" in card
+    assert "The GPT does not beat the bigram baseline yet" in card and "the GPT's is 27% higher" in card
+    report.record("05_evaluation", {"validation perplexity": 394.2, "bigram perplexity": 84.87}, report_dir=tmp_path)
+    assert "the GPT's is 4.6 times the bigram's" in render_model_card(tmp_path)
     report.record("05_evaluation", {"validation perplexity": 80.0, "bigram perplexity": 100.0}, report_dir=tmp_path)
     assert "The GPT beats the bigram baseline" in render_model_card(tmp_path)
 

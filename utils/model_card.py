@@ -226,9 +226,11 @@ def _versus_bigram(evaluation: dict) -> list[str]:
         verdict = (f"**The GPT beats the bigram baseline**: {both}, {100 * (1 - ours / bigram):.0f}% lower. "
                    "It uses more of the context than the previous token.")
     else:
-        verdict = (f"**The GPT does not beat the bigram baseline yet**: {both}, so the GPT is "
-                   f"{100 * (ours / bigram - 1):.0f}% worse. Counting which token follows which still predicts this "
-                   "text better than the GPT has learned to in its training steps.")
+        worse = (f"{ours / bigram:.1f} times the bigram's" if ours >= 2 * bigram
+                 else f"{100 * (ours / bigram - 1):.0f}% higher")
+        verdict = (f"**The GPT does not beat the bigram baseline yet**: {both}; the GPT's is {worse}. Counting "
+                   "which token follows which still predicts this text better than the GPT has learned to in its "
+                   "training steps.")
     ours_bpb, bigram_bpb = (_number(_pick(evaluation, name)) for name in ("validation bits per byte",
                                                                            "bigram bits per byte"))
     if ours_bpb is not None and bigram_bpb is not None:
@@ -258,8 +260,8 @@ def _same_model_perplexities(stages: dict) -> list[str]:
     if len(shown) < 2:
         return []
     return ["**One model, several perplexities.** The pretrained model of 04 is measured more than once: "
-            + "; ".join(shown) + ". They differ because the text scored (and, in 06, the vocabulary) differs, "
-            "not the trained weights. "
+            + "; ".join(shown) + ". Where they differ, it is the text scored (and, in 06, the vocabulary) that "
+            "differs, not the trained weights. "
             "The assistant perplexity of 06 is another measure again: only the replies of held-out "
             "conversations in the chat format.", ""]
 
