@@ -248,3 +248,82 @@ def test_format_adherence_measures_the_chat_box_replies(tokenizer, examples):
         direct = model.generate(prompt, 12, temperature=0.0, stop_ids=tokenizer.all_special_ids)[0, prompt.size(1):]
         assert row["ended"] == (direct[-1].item() == tokenizer.convert_tokens_to_ids("<|end|>"))
     assert evaluation.format_adherence(model, tokenizer, CONVERSATIONS, 12) == sum(r["ended"] for r in replies) / 6
+
+
+def test_lora_trains_the_chat_token_rows_tied_and_merges_them(tokenizer, examples):
+    """LoRA alone freezes the tied embedding; with trainable_tokens the chat tokens' rows learn, in and out."""
+    chat_ids = sorted(tokenizer.convert_tokens_to_ids(["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]))
+    plain = ft.trainable_parameters(ft.apply_lora(tiny_gpt(tokenizer), r=4, alpha=8))[0]
+    model = ft.apply_lora(tiny_gpt(tokenizer), r=4, alpha=8, trainable_tokens=chat_ids)
+    assert ft.trainable_parameters(model)[0] == plain + len(chat_ids) * 32  # 4 rows of width 32, shared in and out
+    start = tiny_gpt(tokenizer).transformer.wte.weight.detach().clone()  # (V, C)
+    ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(8, lr=1e-2, weight_decay=0.0))
+    ids = torch.tensor([format_prompt(tokenizer, CONVERSATIONS[2][:3])])
+    logits = model.eval()(ids)[0]
+    merged = ft.merge_lora(copy.deepcopy(model))
+    assert type(merged) is GPT and not ft.has_lora(merged)
+    assert merged.lm_head.weight is merged.transformer.wte.weight  # still tied
+    assert sorted(merged.state_dict()) == sorted(tiny_gpt(tokenizer).state_dict())
+    assert torch.allclose(merged(ids)[0], logits, atol=1e-5)
+    changed = (merged.transformer.wte.weight != start).any(dim=1).nonzero().flatten().tolist()
+    assert changed == chat_ids  # exactly the chat tokens' rows moved; every other row stayed frozen
+
+
+def test_lora_token_rows_of_an_untied_output_layer_train_on_their_own(tokenizer, examples):
+    torch.manual_seed(0)
+    untied = GPT(GPTConfig(vocab_size=len(tokenizer), block_size=64, n_layer=2, n_head=2, n_embd=32,
+                           tie_embeddings=False))
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    before_in, before_out = (untied.transformer.wte.weight[end].clone(), untied.lm_head.weight[end].clone())
+    model = ft.apply_lora(untied, r=4, alpha=8, trainable_tokens=[end])
+    ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(8, lr=1e-2, weight_decay=0.0))
+    ids = torch.tensor([format_prompt(tokenizer, CONVERSATIONS[0][:1])])
+    logits = model.eval()(ids)[0]
+    merged = ft.merge_lora(model)
+    assert merged.lm_head.weight is not merged.transformer.wte.weight
+    assert not torch.equal(merged.transformer.wte.weight[end], before_in)
+    assert not torch.equal(merged.lm_head.weight[end], before_out)
+    assert not torch.equal(merged.transformer.wte.weight[end], merged.lm_head.weight[end])
+    assert torch.allclose(merged(ids)[0], logits, atol=1e-5)
+    with pytest.raises(ValueError, match="below the vocabulary size"):
+        ft.apply_lora(tiny_gpt(tokenizer), trainable_tokens=[len(tokenizer)])
+
+
+LONG_CHAT = [{"role": "system", "content": "Be brief."}] + [
+    {"role": role, "content": f"{role} says {i}"} for i in range(5) for role in ("user", "assistant")]
+
+
+def test_prompts_at_first_middle_and_last_turns():
+    first, middle, last = (ft.prompt_at(LONG_CHAT, position) for position in ft.POSITIONS)
+    assert first == LONG_CHAT[:2]  # the system message and the first user turn
+    assert middle == LONG_CHAT[:6] and middle[-1]["content"] == "user says 2"  # 2 of 5 pairs before it
+    assert last == LONG_CHAT[:10] and last[-1]["content"] == "user says 4"
+    unanswered = LONG_CHAT + [{"role": "user", "content": "bye?"}]  # a final question with no reply is not used
+    assert ft.prompt_at(unanswered, "last") == last
+    short = CONVERSATIONS[0]
+    assert ft.prompt_at(short, "first") == ft.prompt_at(short, "middle") == ft.prompt_at(short, "last")
+    assert ft.evaluation_conversations([short, LONG_CHAT, short, LONG_CHAT], n=1) == [LONG_CHAT]
+    with pytest.raises(ValueError, match="position"):
+        ft.prompt_at(LONG_CHAT, "end")
+
+
+def test_format_adherence_by_position_counts_replies_that_close_their_turn(tokenizer):
+    end, user_marker = tokenizer.convert_tokens_to_ids(["<|end|>", "<|user|>"])
+    ok = tokenizer.encode("ok", add_special_tokens=False)
+    closes = ScriptedModel(ok + [end])
+    assert ft.format_adherence_by_position(closes, tokenizer, [LONG_CHAT] * 2, 8) == {
+        "first": 1.0, "middle": 1.0, "last": 1.0}
+    wanders = ScriptedModel(ok + [user_marker])
+    assert set(ft.format_adherence_by_position(wanders, tokenizer, [LONG_CHAT], 8).values()) == {0.0}
+
+
+def test_a_pretrained_checkpoint_is_refused_with_what_to_do(tokenizer, tmp_path):
+    folder = tmp_path / "checkpoints" / "cpu" / "pretrained"
+    ckpt.save_model(tiny_gpt(tokenizer), folder, "course", len(tokenizer))
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None  # 04's tokenizer: the chat tokens exist, the chat format does not
+    plain.save_pretrained(str(folder / "tokenizer"))
+    with pytest.raises(ChatFormatError) as error:
+        load_chat_model(folder)
+    assert str(error.value) == (f"{folder} is a pretrained model without the chat format: fine-tune it in "
+                                f"notebook 06, or pass {folder.parent / 'chat'} (the chat model 06 saves).")

@@ -107,10 +107,29 @@ def chat_token_ids(tokenizer) -> dict[str, int]:
     added = tokenizer.added_tokens_encoder
     missing = [token for token in CHAT_TOKENS if token not in added]
     if missing or tokenizer.chat_template is None:
-        what = f"the special token(s) {', '.join(missing)}" if missing else "a chat_template"
-        raise ChatFormatError(f"This tokenizer has no {what}: call utils.chat.add_chat_tokens(tokenizer) first "
+        what = f"the special token(s) {', '.join(missing)}" if missing else "a chat template"
+        raise ChatFormatError(f"This tokenizer lacks {what}: call utils.chat.add_chat_tokens(tokenizer) first "
                               "(and resize the model's vocabulary to len(tokenizer)).")
     return {token: added[token] for token in CHAT_TOKENS}
+
+
+def has_course_format(tokenizer) -> bool:
+    """True when the tokenizer writes the course's chat format (its tokens and template), not its own."""
+    return all(token in tokenizer.added_tokens_encoder for token in CHAT_TOKENS) and \
+        tokenizer.chat_template == CHAT_TEMPLATE
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn: ``<|end|>`` in the course's format, else the tokenizer's eos.
+
+    A chat model with its own template (SmolLM2's ``<|im_start|>...<|im_end|>``) ends its
+    turn with its eos token (``<|im_end|>``).
+    """
+    if has_course_format(tokenizer):
+        return chat_token_ids(tokenizer)[END]
+    if tokenizer.chat_template is None or tokenizer.eos_token_id is None:
+        chat_token_ids(tokenizer)  # raises, saying what is missing
+    return tokenizer.eos_token_id
 
 
 def template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
@@ -140,18 +159,29 @@ def validate_chat(messages, where: str = "conversation") -> list[dict]:
     except DataFormatError as error:
         raise ChatFormatError(str(error)) from None
     messages = conversation["messages"]
-    for i, message in enumerate(messages):
-        for token in SPECIAL_TOKENS:
-            if token in message["content"]:
-                raise ChatFormatError(
-                    f"{where}, field messages[{i}].content: contains the special token {token} as text, "
-                    "which would break the turn structure. To fix: remove it from the text (or write it "
-                    "differently, e.g. '< |end| >')")
+    refuse_special_text(messages, SPECIAL_TOKENS, where)
     if not any(message["role"] == "assistant" for message in messages):
         raise ChatFormatError(
             f"{where}, field messages: no assistant turn, so there is nothing to learn from. To fix: "
             "add the assistant's reply after the user's turn, or leave the conversation out")
     return messages
+
+
+def refuse_special_text(messages: list[dict], tokens, where: str = "conversation") -> None:
+    """Raise ``ChatFormatError`` when a message contains one of ``tokens`` (special tokens) as text.
+
+    A tokenizer matches special tokens before BPE runs, so ``<|assistant|>`` typed by a
+    user would become the real role token (notebook 02, exercise 3): the user could end
+    their turn and write one for the assistant (a prompt injection). Refusing such text
+    is what protects the turn structure, for training data and for chat prompts alike.
+    """
+    for i, message in enumerate(messages):
+        for token in tokens:
+            if token and token in message["content"]:
+                raise ChatFormatError(
+                    f"{where}, field messages[{i}].content: contains the special token {token} as text, "
+                    "which would break the turn structure. To fix: remove it from the text (or write it "
+                    "differently, e.g. '< |end| >')")
 
 
 def _encode_text(tokenizer, text: str) -> list[int]:
@@ -200,7 +230,11 @@ def format_prompt(tokenizer, messages) -> list[int]:
     """Token ids that ask the model for the next assistant reply: the conversation so far + ``<|assistant|>``.
 
     ``messages`` must end with a user turn (the question to answer). Generate from
-    these ids and stop when the model produces ``<|end|>``.
+    these ids and stop when the model produces ``<|end|>`` (``end_of_turn_id``). A
+    tokenizer with a chat template of its own (SmolLM2's) writes its own format and
+    generation prompt; one without any template gets a clear error. A message that
+    contains a special token as text is refused (``refuse_special_text``): in a chat box
+    that is untrusted user input.
     """
     conversation = messages if isinstance(messages, dict) else {"messages": messages}
     try:
@@ -208,11 +242,13 @@ def format_prompt(tokenizer, messages) -> list[int]:
     except DataFormatError as error:
         raise ChatFormatError(str(error)) from None
     messages = conversation["messages"]
+    refuse_special_text(messages, [*SPECIAL_TOKENS, *tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder],
+                        where="prompt")
     if messages[-1]["role"] != "user":
         raise ChatFormatError(f"prompt, field messages[{len(messages) - 1}].role: the last message is "
                               f"{messages[-1]['role']!r}, so there is nothing to reply to. To fix: end with "
                               "the user's message")
-    chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens yet
+    end_of_turn_id(tokenizer)  # a clear error when the tokenizer has no chat format yet
     return template_ids(tokenizer, messages, add_generation_prompt=True)
 
 
@@ -240,27 +276,33 @@ class Skipped:
 class ChatDataset(list):
     """A list of ``ChatExample`` (usable directly as a PyTorch dataset), plus what was cut or left out.
 
-    ``skipped``: conversations left out (bad format, or too long even after truncation).
-    ``truncated``: how many conversations lost their oldest turns to fit ``max_length``.
+    ``conversations``: how many conversations gave at least one example.
+    ``windowed``: how many of them were too long for one example and were cut into several
+    windows of whole turns. ``skipped``: conversations left out (bad format, or no turn fits
+    ``max_length``); ``dropped_pairs``: single user/assistant pairs too long to fit on their own, left out.
     """
 
     def __init__(self, examples: Iterable[ChatExample] = (), skipped: list[Skipped] | None = None,
-                 truncated: int = 0, max_length: int | None = None):
+                 max_length: int | None = None, conversations: int = 0, windowed: int = 0,
+                 dropped_pairs: int = 0):
         super().__init__(examples)
         self.skipped = skipped or []
-        self.truncated = truncated
         self.max_length = max_length
+        self.conversations = conversations
+        self.windowed = windowed
+        self.dropped_pairs = dropped_pairs
 
     def summary(self) -> str:
-        lines = [f"encoded {len(self)} conversation(s) (max_length={self.max_length}): "
-                 f"{self.truncated} truncated to their newest turns, {len(self.skipped)} skipped"]
+        lines = [f"{self.conversations} conversation(s) -> {len(self)} examples of at most {self.max_length} tokens: "
+                 f"{self.windowed} cut into windows of whole turns, {self.dropped_pairs} too-long pair(s) left out, "
+                 f"{len(self.skipped)} conversation(s) skipped"]
         lines += [f"  - {problem}" for problem in self.skipped[:10]]
         if len(self.skipped) > 10:
             lines.append(f"  ... and {len(self.skipped) - 10} more (see .skipped)")
         return "\n".join(lines)
 
 
-def _turn_pairs(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
+def turn_pairs(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
     """Split validated messages into (system messages, [[user, assistant], ...]).
 
     A final user turn with no reply teaches nothing and is dropped.
@@ -271,36 +313,52 @@ def _turn_pairs(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
     return system, pairs
 
 
-def truncate_conversation(tokenizer, messages, max_length: int) -> list[dict]:
-    """The newest whole turns that fit in ``max_length`` tokens, with the system message kept.
+def conversation_windows(tokenizer, messages, max_length: int) -> tuple[list[list[dict]], list[str]]:
+    """Cut a conversation into windows of whole turns of at most ``max_length`` tokens: ``(windows, dropped)``.
 
-    Oldest user/assistant pairs go first: the newest exchange is the one the model
-    learns to answer, the system message sets its behaviour, and cutting a turn in
-    the middle would train the model on a reply to a question it cannot see.
-    Raises ``ChatFormatError`` when even the system message and the last pair do not fit.
+    Each window is the system message (if any) and consecutive user/assistant pairs, as
+    many as fit; the next window starts with the next pair. So every reply of the
+    conversation is learned once, from its opening to its goodbye, and the model sees
+    beginnings, middles and ends alike (keeping only the newest turns that fit would
+    teach it mostly how conversations end). A pair is never cut in the middle: that
+    would train the model on a reply to a question it cannot see. A pair too long to fit
+    on its own is left out and described in ``dropped`` (which messages, how many tokens);
+    when nothing fits, this raises ``ChatFormatError`` saying what to do.
     """
     messages = validate_chat(messages)
     chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens yet
-    system, pairs = _turn_pairs(messages)
+    system, pairs = turn_pairs(messages)
 
     def length(message_list: list[dict]) -> int:  # <|role|> + text + <|end|> per message
         return sum(2 + len(_encode_text(tokenizer, m["content"])) for m in message_list)
 
-    budget = max_length - length(system)
-    kept: list[list[dict]] = []
-    for pair in reversed(pairs):  # newest first
+    room = max_length - length(system)  # tokens left for pairs in every window
+    windows: list[list[dict]] = []
+    dropped: list[str] = []
+    current: list[dict] = []
+    used = 0
+    first = len(system)  # index of the pair's user message in ``messages``
+    for k, pair in enumerate(pairs):
         cost = length(pair)
-        if cost > budget:
-            break
-        kept.insert(0, pair)
-        budget -= cost
-    if not kept:
-        need = length(system) + length(pairs[-1])
+        if cost > room:  # even alone this pair does not fit
+            at = first + 2 * k
+            dropped.append(f"messages[{at}..{at + 1}] take {cost} tokens (with the system message "
+                           f"{cost + max_length - room}), more than max_length={max_length}")
+            continue
+        if used + cost > room:  # the window is full: close it, start the next with this pair
+            windows.append(system + current)
+            current, used = [], 0
+        current += pair
+        used += cost
+    if current:
+        windows.append(system + current)
+    if not windows:
+        need = length(system) + min(length(pair) for pair in pairs)
         raise ChatFormatError(
-            f"the system message and the last user/assistant pair alone take {need} tokens, more than "
+            f"the system message and the shortest user/assistant pair take {need} tokens, more than "
             f"max_length={max_length}. To fix: raise max_length (up to the model's block_size), shorten "
             "those messages, or leave the conversation out (encode_dataset(..., on_too_long='skip'))")
-    return system + [m for pair in kept for m in pair]
+    return windows, dropped
 
 
 def encode_dataset(tokenizer, conversations: Sequence, max_length: int,
@@ -308,11 +366,14 @@ def encode_dataset(tokenizer, conversations: Sequence, max_length: int,
     """Encode many conversations into ``ChatExample``s of at most ``max_length`` tokens.
 
     Each conversation is a list of messages or a dict with ``"messages"`` (a row of
-    notebook 01's dataset). Too long ones keep the system message and their newest
-    whole turns (``truncate_conversation``). A conversation whose last pair alone
-    does not fit, or that breaks the format, is skipped and listed in ``.skipped``
-    with ``on_too_long="skip"`` (default), or raises with ``on_too_long="error"``.
-    A summary is printed when anything was cut or skipped (``verbose=False``: silent).
+    notebook 01's dataset). One that is too long becomes several examples, windows of
+    whole turns that together cover it from beginning to end (``conversation_windows``);
+    all of them come from the same conversation, so a split made by conversation stays
+    one. With ``on_too_long="skip"`` (default) a pair too long on its own is left out
+    (counted in ``.dropped_pairs``), and a conversation that breaks the format or has no
+    pair short enough is skipped and listed in ``.skipped``; ``on_too_long="error"``
+    raises instead, naming the conversation and the messages. A summary is printed when anything was cut, dropped or
+    skipped (``verbose=False``: silent).
     """
     if on_too_long not in ("skip", "error"):
         raise ValueError(f"on_too_long={on_too_long!r}; use 'skip' or 'error'.")
@@ -322,20 +383,22 @@ def encode_dataset(tokenizer, conversations: Sequence, max_length: int,
     for index, conversation in enumerate(conversations):
         try:
             messages = validate_chat(conversation, where=f"conversation {index}")
-            kept = truncate_conversation(tokenizer, messages, max_length)
-            # Dropping the final unanswered user turn is not truncation; dropping pairs is.
-            system, pairs = _turn_pairs(messages)
-            if len(kept) < len(system) + 2 * len(pairs):
-                dataset.truncated += 1
-            example = ChatExample(*encode_conversation(tokenizer, kept))
+            windows, dropped = conversation_windows(tokenizer, messages, max_length)
+            if dropped and on_too_long == "error":
+                raise ChatFormatError(f"{dropped[0]}. To fix: raise max_length (up to the model's block_size), "
+                                      "shorten the messages, or use on_too_long='skip' to leave such pairs out")
+            examples = [ChatExample(*encode_conversation(tokenizer, window)) for window in windows]
         except ChatFormatError as error:
             if on_too_long == "error":
                 raise ChatFormatError(f"conversation {index}: {error}") from None
             dataset.skipped.append(Skipped(index, str(error)))
             continue
-        assert len(example.input_ids) <= max_length
-        dataset.append(example)
-    if verbose and (dataset.skipped or dataset.truncated):
+        assert all(len(example.input_ids) <= max_length for example in examples)
+        dataset.extend(examples)
+        dataset.conversations += 1
+        dataset.windowed += len(windows) > 1
+        dataset.dropped_pairs += len(dropped)
+    if verbose and (dataset.skipped or dataset.windowed or dataset.dropped_pairs):
         print(dataset.summary())
     return dataset
 
@@ -461,8 +524,7 @@ def crop_prompt(tokenizer, messages, block_size: int, max_new_tokens: int = 0) -
     """``format_prompt`` ids of the newest turns that fit ``prompt_budget``; the system message stays.
 
     Our decision for a chat longer than the context: drop the *oldest* user/assistant
-    pairs (as ``truncate_conversation`` does for training), never cut a message in the
-    middle. When the system message and the last user message alone do not fit, raise
+    pairs, never cut a message in the middle. When the system message and the last user message alone do not fit, raise
     ``ChatFormatError`` saying by how much (shorten the message, or /reset).
     """
     conversation = messages if isinstance(messages, dict) else {"messages": messages}

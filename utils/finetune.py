@@ -30,10 +30,13 @@ from utils import evaluation, training
 from utils.chat import (
     END,
     ChatCollator,
+    ChatFormatError,
     add_chat_tokens,
     chat_token_ids,
     resize_vocabulary,
     shifted_targets,
+    turn_pairs,
+    validate_chat,
 )
 from utils.model import GPT
 
@@ -154,7 +157,7 @@ def fine_tune(model, tokenizer, train_examples, val_examples, cfg: training.Trai
 
 
 def apply_lora(model: GPT, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-               target_modules=LORA_TARGETS) -> GPT:
+               target_modules=LORA_TARGETS, trainable_tokens=None) -> GPT:
     """Freeze ``model`` and add LoRA adapters to its Linear layers, in place; returns the same GPT.
 
     LoRA (Hu et al., 2021) learns the *change* of a weight matrix W (out x in) as a
@@ -162,24 +165,51 @@ def apply_lora(model: GPT, r: int = 8, alpha: int = 16, dropout: float = 0.0,
     numbers instead of in x out. Each adapted layer computes W x + (alpha / r) B A x;
     B starts at zero, so the model is unchanged at step 0. Only A and B train.
 
+    ``trainable_tokens``: token ids whose embedding rows train too (peft's
+    ``trainable_token_indices``), e.g. the chat tokens. LoRA alone freezes the token
+    embedding, and our GPT ties the output layer to it: the rows of ``<|end|>`` and the
+    role tokens would stay as pretraining left them (a token it never saw, pushed to be
+    unlikely everywhere), so the model could hardly learn to end its turn. With
+    ``trainable_tokens`` those few rows train, shared by the input and the (tied) output
+    layer; an untied output layer gets its own trainable rows.
+
     ``peft.inject_adapter_in_model`` replaces each matching ``nn.Linear`` by a LoRA layer
     wrapping it and freezes everything else; unlike ``get_peft_model`` it leaves no
     wrapper object around our GPT, so ``forward(idx, targets)``, ``generate``,
     ``training.train`` and the checkpoints work as before.
     """
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils.other import TrainableTokensWrapper
 
     if has_lora(model):
         raise ValueError("apply_lora: this model already has LoRA adapters; merge_lora(model) first.")
+    gpt = ckpt.unwrap(model)
+    tokens = sorted({int(t) for t in trainable_tokens}) if trainable_tokens is not None else []
+    vocab = gpt.transformer.wte.weight.shape[0]
+    if any(not 0 <= t < vocab for t in tokens):
+        raise ValueError(f"apply_lora: trainable_tokens must be token ids below the vocabulary size {vocab}; "
+                         f"got {tokens}. Resize the model to len(tokenizer) first (resize_vocabulary).")
+    tied = gpt.lm_head.weight is gpt.transformer.wte.weight
+    token_layers = ({"wte": tokens} if tied else {"wte": tokens, "lm_head": tokens}) if tokens else None
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                        bias="none")
-    return inject_adapter_in_model(config, model)
+                        bias="none", trainable_token_indices=token_layers)
+    inject_adapter_in_model(config, model)
+    if tokens and tied:  # peft ties the output layer only for transformers models: tie ours to the same rows
+        gpt.lm_head = TrainableTokensWrapper(gpt.lm_head, "default", token_indices=tokens,
+                                             tied_adapter=gpt.transformer.wte.token_adapter)
+    return model
+
+
+def _adapter_types():
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import TrainableTokensWrapper
+
+    return LoraLayer, TrainableTokensWrapper
 
 
 def has_lora(model) -> bool:
-    from peft.tuners.lora import LoraLayer
-
-    return any(isinstance(m, LoraLayer) for m in ckpt.unwrap(model).modules())
+    """True when the model carries LoRA adapters or trainable token rows (``apply_lora``)."""
+    return any(isinstance(m, _adapter_types()) for m in ckpt.unwrap(model).modules())
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -190,21 +220,26 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 @torch.no_grad()
 def merge_lora(model: GPT) -> GPT:
-    """Fold every adapter into its weight (W <- W + alpha/r B A) and put the plain Linear back; in place.
+    """Fold every adapter into its weight (W <- W + alpha/r B A; trained token rows copied in); in place.
 
-    The result is an ordinary ``GPT`` with ordinary parameter names (it saves, loads
-    and exports like any other) and gives the same logits as the adapted model.
+    The plain ``Linear`` and ``Embedding`` modules are put back: the result is an ordinary
+    ``GPT`` with ordinary parameter names (it saves, loads and exports like any other),
+    a tied output layer still tied, and the same logits as the adapted model.
     All parameters are trainable again, as in a fresh GPT.
     """
-    from peft.tuners.lora import LoraLayer
-
+    lora_layer, token_wrapper = _adapter_types()
     gpt = ckpt.unwrap(model)
-    targets = [(name, module) for name, module in gpt.named_modules() if isinstance(module, LoraLayer)]
+    targets = [(name, module) for name, module in gpt.named_modules() if isinstance(module, (lora_layer, token_wrapper))]
     for name, module in targets:
-        module.merge()  # base_layer.weight += scaling * B @ A
+        if isinstance(module, token_wrapper):
+            module.token_adapter.merge()  # the rows of the token ids <- their trained values
+            base = module.token_adapter.get_base_layer()
+        else:
+            module.merge()  # base_layer.weight += scaling * B @ A
+            base = module.get_base_layer()
         parent_name, _, child = name.rpartition(".")
         parent = gpt.get_submodule(parent_name) if parent_name else gpt
-        setattr(parent, child, module.get_base_layer())
+        setattr(parent, child, base)
     for p in gpt.parameters():
         p.requires_grad_(True)
     return gpt
@@ -226,11 +261,74 @@ def pretraining_perplexity(model, cfg, max_tokens: int = 20_000) -> float:
     return evaluation.perplexity(model, ids)
 
 
+POSITIONS = ("first", "middle", "last")  # where in a conversation an evaluation prompt is cut
+
+
+def prompt_at(messages, position: str) -> list[dict]:
+    """The conversation up to and including its first, middle or last user turn that got a reply.
+
+    The reply the model writes to it is then a greeting (first), a turn in the middle of a
+    chat, or often a goodbye (last). A model trained only on some part of conversations
+    does well only there; measuring all three shows it.
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"prompt_at: position={position!r}; use one of {POSITIONS}.")
+    system, pairs = turn_pairs(validate_chat(messages))
+    k = {"first": 0, "middle": len(pairs) // 2, "last": len(pairs) - 1}[position]
+    return system + [m for pair in pairs[:k] for m in pair] + [pairs[k][0]]
+
+
+def evaluation_conversations(conversations, n: int, min_pairs: int = 3) -> list:
+    """The first ``n`` conversations with at least ``min_pairs`` answered user turns (first, middle, last differ)."""
+    chosen = []
+    for conversation in conversations:
+        if len(turn_pairs(validate_chat(conversation))[1]) >= min_pairs:
+            chosen.append(conversation)
+            if len(chosen) == n:
+                break
+    if not chosen:
+        raise ValueError(f"evaluation_conversations: no conversation has {min_pairs} user/assistant pairs.")
+    return chosen
+
+
+def format_adherence_by_position(model, tokenizer, conversations, max_new_tokens: int = 32) -> dict[str, float]:
+    """Per position (first, middle, last user turn): the share of greedy replies that end with ``<|end|>``.
+
+    Each reply comes from ``utils.talk.reply_to``, the chat box's own path (same prompt
+    cropping, generation loop and stop rule), within ``max_new_tokens``. A prompt whose
+    last user message alone does not fit the context is left out.
+    """
+    from utils.talk import reply_to
+
+    shares = {}
+    for position in POSITIONS:
+        ended = []
+        for conversation in conversations:
+            try:
+                reply = reply_to(model, tokenizer, prompt_at(conversation, position), max_new_tokens,
+                                 temperature=0.0, top_k=None)
+            except ChatFormatError:
+                continue  # a user message longer than the context: nothing fair to ask
+            ended.append(reply.ended)
+        if not ended:
+            raise ValueError(f"format_adherence_by_position: no {position}-turn prompt fits the model's context.")
+        shares[position] = sum(ended) / len(ended)
+    return shares
+
+
 def evaluate_chat(model, tokenizer, examples, conversations, cfg=None, max_new_tokens: int = 32) -> dict:
-    """The row of the before/after table: assistant perplexity, format adherence, pretraining perplexity."""
+    """The row of the before/after table, on held-out data.
+
+    - ``assistant_perplexity`` on ``examples`` (every window of the held-out conversations);
+    - ``format_adherence``: the mean over first, middle and last-turn prompts of
+      ``conversations`` (``format_adherence_by_position``), and each of them;
+    - with ``cfg``: ``pretraining_perplexity`` (forgetting).
+    """
+    by_position = format_adherence_by_position(model, tokenizer, conversations, max_new_tokens)
     row = {
         "assistant_perplexity": evaluation.assistant_perplexity(model, examples, tokenizer.pad_token_id),
-        "format_adherence": evaluation.format_adherence(model, tokenizer, conversations, max_new_tokens),
+        "format_adherence": sum(by_position.values()) / len(by_position),
+        **{f"format_adherence_{position}": share for position, share in by_position.items()},
     }
     if cfg is not None:
         row["pretraining_perplexity"] = pretraining_perplexity(model, cfg)

@@ -1,16 +1,18 @@
 """Talking to a chat model: one reply, streamed as it is written, and the terminal chat.
 
-Notebook 06's chat box, the terminal chat (``python -m utils.chat --checkpoint DIR``),
-07's red-team prompts and 06's format-adherence metric all get their replies from
-``reply_to``, so they measure the same behaviour:
+Notebook 06's chat boxes, the terminal chat (``python -m utils.chat --checkpoint DIR`` or
+``--model smollm2``), 07's red-team prompts and 06's format-adherence metric all get their
+replies from ``reply_to``, so they measure the same behaviour:
 
-- the prompt is the conversation in the chat format plus ``<|assistant|>``
-  (``utils.chat.crop_prompt``: the oldest whole turns go when it does not fit);
+- the prompt is the conversation in the model's chat format plus the generation prompt
+  (``utils.chat.crop_prompt``: the oldest whole turns go when it does not fit): the course's
+  ``<|user|>...<|end|><|assistant|>``, or a tokenizer's own template (SmolLM2's);
 - the tokens come from ``GPT.generate``, the course's one generation loop (KV cache,
   sliding window, temperature / top-k / top-p);
-- the reply ends at the first special token the model writes: ``<|end|>`` closes the
-  turn properly; ``<|user|>`` or another special token means the model began to write
-  a part that is not its own, so it ends there too (and does not count as a proper end).
+- the reply ends at the first special token the model writes: ``<|end|>`` (SmolLM2:
+  ``<|im_end|>``) closes the turn properly; ``<|user|>`` or another special token means the
+  model began to write a part that is not its own, so it ends there too (and does not
+  count as a proper end).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.chat import END, ChatFormatError, chat_token_ids, crop_prompt
+from utils.chat import ChatFormatError, crop_prompt, end_of_turn_id
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Reply:
     text: str  # the reply, without special tokens
     token_ids: list[int]  # its tokens, without the stop token
     stop_id: int | None  # the special token that ended it; None when max_new_tokens ran out
-    ended: bool  # True when that token was <|end|>: the model closed its turn as trained
+    ended: bool  # True when that token was the end of turn (<|end|>): the model closed its turn as trained
 
 
 @torch.no_grad()
@@ -48,7 +50,7 @@ def reply_to(model, tokenizer, messages, max_new_tokens: int = 64, temperature: 
     - ``generator``: a ``torch.Generator`` on the model's device, for reproducible sampling.
     """
     ids = crop_prompt(tokenizer, messages, model.config.block_size, max_new_tokens)
-    end_id = chat_token_ids(tokenizer)[END]
+    end_id = end_of_turn_id(tokenizer)
     stop_ids = set(tokenizer.all_special_ids)
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
@@ -84,11 +86,44 @@ def generate_reply(model, tokenizer, messages, max_new_tokens: int = 64, tempera
                     repetition_penalty).text
 
 
+def reply_fn(model, tokenizer, max_new_tokens: int = 64, seed: int | None = None, top_k: int | None = 50,
+             top_p: float | None = None, repetition_penalty: float = 1.0):
+    """``reply(messages, on_token, temperature=0.8) -> str``: this model's replies, streamed, for a chat box.
+
+    ``utils.widgets.chat_box(reply_fn(model, tokenizer))`` is 06's chat box. The sampling
+    generator lives on the model's device (a CPU generator cannot drive sampling on a GPU);
+    with ``seed`` the same conversation gets the same replies run after run.
+    """
+    generator = torch.Generator(device=next(model.parameters()).device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+
+    def reply(messages, on_token=None, temperature: float = 0.8) -> str:
+        return generate_reply(model, tokenizer, messages, max_new_tokens, temperature, top_k, top_p, generator,
+                              stream=on_token, repetition_penalty=repetition_penalty)
+
+    return reply
+
+
+def not_a_chat_model(folder) -> str:
+    """What to tell a learner who points the chat at a pretrained (not fine-tuned) checkpoint."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    in_course = folder.parent.parent.name == "checkpoints"  # checkpoints/<profile>/<name>
+    chat = folder.parent / "chat" if in_course else "checkpoints/<profile>/chat"
+    return (f"{folder} is a pretrained model without the chat format: fine-tune it in notebook 06, "
+            f"or pass {chat} (the chat model 06 saves).")
+
+
 def load_chat_model(folder, device: str = "cpu"):
     """``(model, tokenizer)`` from a chat checkpoint (``folder`` + ``folder/tokenizer``) or an ``export_hf`` folder.
 
     The vocabulary sizes are checked (``load_checkpoint`` refuses a tokenizer the model
-    was not trained with) and the tokenizer must have the chat tokens.
+    was not trained with). A checkpoint whose tokenizer has no chat template (04's
+    pretrained model) is refused with what to do instead (``not_a_chat_model``).
     """
     import json
     from pathlib import Path
@@ -108,6 +143,8 @@ def load_chat_model(folder, device: str = "cpu"):
         from transformers import AutoModelForCausalLM
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if tokenizer.chat_template is None:
+            raise ChatFormatError(not_a_chat_model(folder))
         model = GPT.from_hf(AutoModelForCausalLM.from_pretrained(str(folder))).to(device).eval()
     else:
         tokenizer_dir = folder / "tokenizer"
@@ -115,24 +152,51 @@ def load_chat_model(folder, device: str = "cpu"):
             raise FileNotFoundError(f"{tokenizer_dir} does not exist: a chat checkpoint keeps its tokenizer "
                                     "there (utils.finetune.fine_tune saves it).")
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        if tokenizer.chat_template is None:
+            raise ChatFormatError(not_a_chat_model(folder))
         model = load_checkpoint(folder, tokenizer=tokenizer, device=device)
-    chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens
+    end_of_turn_id(tokenizer)  # a clear error when the chat format is incomplete
     return model, tokenizer
+
+
+def load_smollm2_chat(device: str = "cpu", root=None):
+    """``(model, tokenizer, description)``: your "Make it yours" SmolLM2 when 06 has made it, else the instruct model.
+
+    06's "Make it yours" saves the fine-tuned model in ``checkpoints/<profile>/smollm2-yours``
+    (``utils.identity``); without it this is SmolLM2-135M-Instruct as released.
+    """
+    from utils import identity
+    from utils.config import REPO_ROOT, Paths, profile_name
+    from utils.pretrained import load_smollm2
+
+    folder = Paths(root or REPO_ROOT, profile_name()).checkpoints / identity.YOURS
+    if (folder / identity.REPORT_FILE).exists():
+        model, tokenizer, report = identity.load_yours(folder, device=device)
+        who = report.get("identity", {})
+        return model, tokenizer, (f"your fine-tuned SmolLM2 ({who.get('name', '?')}, made by {who.get('maker', '?')}) "
+                                  f"from {folder}")
+    model, tokenizer = load_smollm2(device=device)
+    return model, tokenizer, (f"SmolLM2-135M-Instruct as released (no 'Make it yours' model in {folder} yet: "
+                              "notebook 06 or `python -m utils.identity` makes one)")
 
 
 HELP = "Type a message and press Enter. /reset starts a new conversation, /quit (or Ctrl-D) leaves."
 
 
 def main(argv=None) -> int:
-    """``python -m utils.chat --checkpoint DIR``: chat with a model in the terminal (stdin lines).
+    """``python -m utils.chat --checkpoint DIR`` or ``--model smollm2``: chat with a model in the terminal.
 
     Works with piped input too: ``echo "hi there" | python -m utils.chat --checkpoint DIR``.
     """
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m utils.chat", description="Chat with a fine-tuned model.")
-    parser.add_argument("--checkpoint", required=True, help="chat checkpoint folder (or an export_hf folder)")
+    parser = argparse.ArgumentParser(prog="python -m utils.chat", description="Chat with a model in the terminal.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a chat checkpoint folder (checkpoints/<profile>/chat) or an export_hf folder")
+    which.add_argument("--model", choices=["smollm2"],
+                       help="smollm2: your 'Make it yours' SmolLM2 from notebook 06 if it exists, else "
+                            "SmolLM2-135M-Instruct")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--top-p", type=float, default=None)
@@ -140,18 +204,27 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--system", default=None, help="a system message at the start of every conversation")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best one here)")
     args = parser.parse_args(argv)
 
+    from utils.config import pick_device
+
+    device = args.device or pick_device()
     try:
-        model, tokenizer = load_chat_model(args.checkpoint, device=args.device)
+        if args.model == "smollm2":
+            model, tokenizer, description = load_smollm2_chat(device)
+        else:
+            model, tokenizer = load_chat_model(args.checkpoint, device=device)
+            description = f"the model in {args.checkpoint}"
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    reply = reply_fn(model, tokenizer, args.max_new_tokens, args.seed, args.top_k, args.top_p,
+                     args.repetition_penalty)
     interactive = sys.stdin.isatty()
     start = [{"role": "system", "content": args.system}] if args.system else []
     history = list(start)
+    print(f"Chatting with {description}.")
     print(HELP)
     while True:
         if interactive:
@@ -171,15 +244,13 @@ def main(argv=None) -> int:
         history.append({"role": "user", "content": text})
         print("assistant> ", end="", flush=True)
         try:
-            reply = generate_reply(model, tokenizer, history, args.max_new_tokens, args.temperature, args.top_k,
-                                   args.top_p, generator, stream=lambda piece: print(piece, end="", flush=True),
-                                   repetition_penalty=args.repetition_penalty)
+            answer = reply(history, lambda piece: print(piece, end="", flush=True), temperature=args.temperature)
         except ChatFormatError as error:
             history.pop()
             print(f"\n(error: {error})")
             continue
         print()
-        history.append({"role": "assistant", "content": reply or "..."})
+        history.append({"role": "assistant", "content": answer or "..."})
     return 0
 
 
