@@ -1,0 +1,316 @@
+"""Make it yours (06): reply labels from SmolLM2's own template, the data files, batches, a LoRA step, the checkpoint.
+
+The tokenizer is SmolLM2's real one (the cached conversion of load_smollm2); the model
+is a tiny random GPT in the Llama layout with SmolLM2's vocabulary, so every test runs
+in seconds. The real model's accuracy and retention are measured by
+benchmarks/make_it_yours.py, not here.
+"""
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from utils.chat_spans import IGNORE_INDEX, ChatSpanError, encode_chat
+from utils.identity_data import (
+    FACTS_FILE,
+    HELDOUT_FILE,
+    SMOLLM2_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
+    TRAIN_FILE,
+    ChatBatches,
+    Identity,
+    Question,
+    encode_all,
+    is_correct,
+    load_conversations,
+    load_questions,
+    neutral_template,
+    reference_conversations,
+    with_system,
+)
+from utils.model import GPT, GPTConfig
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    from utils.pretrained import SMOLLM2_CACHE, load_smollm2
+
+    folder = SMOLLM2_CACHE / "tokenizer"
+    if not folder.exists():
+        load_smollm2()  # converts the GGUF once (about half a minute) and caches the tokenizer
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module")
+def raw_tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return neutral_template(load_tokenizer())
+
+
+def template(tokenizer, messages, **kwargs):
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
+
+
+def tiny_gpt(vocab_size: int, n_layer: int = 2, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.llama(vocab_size=vocab_size, block_size=256, n_layer=n_layer, n_head=4, n_kv_head=2,
+                               n_embd=32, mlp_hidden=64, dropout=0.0))
+
+
+MULTI_TURN = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi!"},
+    {"role": "assistant", "content": "Hello, I'm Pip."},
+    {"role": "user", "content": "And who made you?"},
+    {"role": "assistant", "content": "Alex made me. 🎉 Ça va?"},
+]
+
+
+# --------------------------------------------------------------------------- labels from the template
+
+
+def test_input_ids_equal_apply_chat_template_for_every_conversation(tokenizer, raw_tokenizer):
+    conversations = load_conversations() + reference_conversations(load_questions())
+    for messages in conversations:
+        messages = with_system(messages)
+        ids, labels = encode_chat(tokenizer, messages)
+        assert ids == template(tokenizer, messages) and len(labels) == len(ids)
+    for tok in (tokenizer, raw_tokenizer):  # with and without a system message, raw template too
+        for messages in (MULTI_TURN, MULTI_TURN[1:]):
+            assert encode_chat(tok, messages)[0] == template(tok, messages)
+
+
+def test_labels_are_exactly_each_reply_and_its_end_token(tokenizer):
+    ids, labels = encode_chat(tokenizer, MULTI_TURN)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    spans, start = [], None  # the labelled runs, in order
+    for t, label in enumerate(labels):
+        if label != IGNORE_INDEX:
+            assert label == ids[t]  # aligned, not shifted
+            start = t if start is None else start
+        elif start is not None:
+            spans.append((start, t))
+            start = None
+    replies = [m["content"] for m in MULTI_TURN if m["role"] == "assistant"]
+    assert len(spans) == len(replies)
+    for (a, b), reply in zip(spans, replies):
+        assert ids[b - 1] == end
+        assert tokenizer.decode(ids[a:b - 1]) == reply
+        assert tokenizer.decode(ids[:a]).endswith("<|im_start|>assistant\n")  # the header is context, not a target
+    n_scored = sum(label != IGNORE_INDEX for label in labels)
+    assert n_scored == sum(len(tokenizer.encode(r, add_special_tokens=False)) + 1 for r in replies)
+
+
+def test_a_reply_the_template_merges_into_is_refused(tokenizer):
+    with pytest.raises(ChatSpanError, match=r"messages\[1\].*Strip"):
+        encode_chat(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  two spaces"}])
+    with pytest.raises(ChatSpanError, match="starts with the user"):
+        encode_chat(tokenizer, [{"role": "assistant", "content": "Hello"}])
+
+
+def test_neutral_template_replaces_the_hidden_smollm_system_message(tokenizer, raw_tokenizer):
+    question = [{"role": "user", "content": "What's your name?"}]
+    assert SMOLLM2_SYSTEM_PROMPT in raw_tokenizer.apply_chat_template(question, tokenize=False)
+    text = tokenizer.apply_chat_template(question, tokenize=False)
+    assert "SmolLM" not in text and SYSTEM_PROMPT in text
+    assert template(tokenizer, question) == template(tokenizer, with_system(question))
+    assert "Pip" not in SYSTEM_PROMPT and "Alex" not in SYSTEM_PROMPT  # the identity is learned, not read
+
+
+# --------------------------------------------------------------------------- the data files
+
+
+def user_questions(conversations):
+    return [m["content"] for messages in conversations for m in messages if m["role"] == "user"]
+
+
+def normalized(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def test_data_files_are_valid_and_held_out_questions_are_new():
+    conversations, heldout, facts = load_conversations(), load_questions(HELDOUT_FILE), load_questions(FACTS_FILE)
+    assert 40 <= len(conversations) <= 80 and len(heldout) >= 20 and len(facts) >= 20
+    trained = {normalized(q) for q in user_questions(conversations)}
+    for question in heldout + facts:
+        assert normalized(question.question) not in trained, question.question
+    assert len({normalized(q.question) for q in heldout + facts}) == len(heldout) + len(facts)  # no duplicates
+    assert all(q.reference for q in heldout)  # the validation loss needs a reply for each
+    assert {q.topic for q in heldout} == {"name", "maker", "origin", "capabilities", "limits"}
+    for question in heldout:  # a reference reply is itself a correct answer
+        assert is_correct(question.reference, question), question.question
+    assert all(not q.reference and q.topic == "fact" for q in facts)
+
+
+def test_the_identity_is_filled_in_everywhere():
+    mine = Identity(name="Nova", maker="Sam Rivera")
+    text = json.dumps(load_conversations(TRAIN_FILE, mine)) + json.dumps(
+        [dataclasses.asdict(q) for q in load_questions(HELDOUT_FILE, mine)])
+    assert "Nova" in text and "Sam Rivera" in text
+    assert "Pip" not in text and "Alex" not in text and not re.search(r"\{\w+\}", text)
+    assert is_correct("I'm Nova.", load_questions(HELDOUT_FILE, mine)[0])
+    with pytest.raises(ValueError, match="name"):
+        Identity(name="  ")
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}',
+     r"line 2.*messages\[1\]\.role"),
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}',
+     r"line 2.*messages\[1\]\.content"),
+    ('{"messages": [{"role": "user", "content": "Hi"}]}', r"line 2.*last turn must be the assistant"),
+    ('{"messages": [{"role": "system", "content": "X"}, {"role": "user", "content": "Hi"}, '
+     '{"role": "assistant", "content": "Yo"}]}', r"line 2.*messages\[0\]\.role.*SYSTEM_PROMPT"),
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "I am {nmae}"}]}',
+     r"line 2.*messages\[1\]\.content.*\{nmae\}"),
+    ('{"messages": [', r"line 2: not valid JSON"),
+])
+def test_a_bad_training_file_names_file_line_and_field(tmp_path, line, message):
+    good = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, I am {name}."}]}'
+    path = write(tmp_path / "mine.jsonl", [good, line])
+    with pytest.raises(ValueError, match="mine.jsonl, " + message):
+        load_conversations(path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"question": "Who?"}', r"field must: expected a non-empty list"),
+    ('{"question": "Who?", "must": ["Pip"]}', r"field must: expected"),
+    ('{"question": "Who?", "must": [["Pip"]], "must_not": "OpenAI"}', r"field must_not: expected a list"),
+    ('{"question": "", "must": [["Pip"]]}', r"field question: missing or empty"),
+    ('{"question": "Who?", "must": [["Pip"]], "answer": "Pip"}', r": unknown field 'answer'"),
+])
+def test_a_bad_question_file_names_file_line_and_field(tmp_path, line, message):
+    with pytest.raises(ValueError, match="questions.jsonl, line 2" + ("" if message[0] == ":" else ", ") + message):
+        load_questions(write(tmp_path / "questions.jsonl", ['{"question": "Hi?", "must": [["Hi"]]}', line]))
+
+
+def test_is_correct_matches_whole_words_and_refuses_forbidden_ones():
+    question = Question("Who made you?", must=[["Alex"]], must_not=["OpenAI"])
+    assert is_correct("ALEX made me.", question) and is_correct("I'm Alex's project.", question)
+    assert not is_correct("Alexandra made me.", question)
+    assert not is_correct("Alex and OpenAI made me.", question)
+    limits = Question("Can you browse?", must=[["no", "can't"], ["internet", "web"]])
+    assert is_correct("I can\u2019t use the web.", limits)  # a curly apostrophe counts
+    assert not is_correct("I know the internet well.", limits)  # "no" inside "know" is not the word
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_batches_are_shifted_padded_on_the_right_and_scored_only_on_replies(tokenizer):
+    examples = encode_all(tokenizer, load_conversations())
+    batches = ChatBatches(examples, examples[:5], batch_size=4, pad_id=tokenizer.pad_token_id)
+    x, y, mask = batches("train", np.random.default_rng(0))
+    assert x.shape == y.shape == mask.shape and x.shape[0] == 4 and x.dtype == torch.long
+    by_ids = {tuple(ids): labels for ids, labels in examples}
+    for row in range(4):
+        n = int(mask[row].sum())
+        ids = tuple(x[row, :n].tolist()) + (None,)
+        labels = next(labels for full, labels in by_ids.items() if full[:n] == ids[:n] and len(full) == n + 1)
+        assert y[row, :n].tolist() == labels[1:]  # y[t] is the label of token t + 1
+        assert (y[row, n:] == IGNORE_INDEX).all() and (mask[row, n:] == 0).all()
+    assert x.shape[1] == int(mask.sum(1).max())  # no column of padding only
+
+
+def test_length_buckets_draw_every_example_equally_often_with_little_padding(tokenizer):
+    examples = encode_all(tokenizer, load_conversations())
+    batches = ChatBatches(examples, examples, batch_size=8, pad_id=tokenizer.pad_token_id)
+    generator = np.random.default_rng(0)
+    counts = np.zeros(len(examples))
+    index = {tuple(ids[:-1]): i for i, (ids, _) in enumerate(examples)}
+    for _ in range(1500):
+        x, _, mask = batches("train", generator)
+        for row in range(x.size(0)):
+            counts[index[tuple(x[row, :int(mask[row].sum())].tolist())]] += 1
+    expected = 1500 * 8 / len(examples)  # batch_size / n per example and batch
+    assert np.abs(counts / expected - 1).max() < 0.25
+    assert batches.padding_share("train", np.random.default_rng(1)) < 0.10
+
+
+# --------------------------------------------------------------------------- training, answering, saving
+
+
+def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(tokenizer, one_thread):
+    from utils.finetune import merge_lora
+    from utils.identity import IdentityConfig, add_lora, fine_tune, make_batches
+
+    model = tiny_gpt(len(tokenizer), n_layer=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = IdentityConfig(max_iters=2, batch_size=2, lora_rank=2, lora_alpha=4, lora_layers=1, progress=False)
+    add_lora(model, recipe)
+    adapted = {name.split(".lora_")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert adapted and all(name.startswith("transformer.h.2.") for name in adapted)
+    batches = make_batches(tokenizer, load_conversations()[:6], reference_conversations(load_questions()[:4]), 2)
+    metrics = fine_tune(model, batches, recipe)
+    assert metrics["iters"] == 2 and np.isfinite(metrics["train_loss"]) and metrics["seconds"] > 0
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it moved
+    merge_lora(model)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith("transformer.h.2."))
+    assert not torch.equal(after["transformer.h.2.attn.c_attn.weight"], before["transformer.h.2.attn.c_attn.weight"])
+
+
+def test_answers_of_same_length_prompts_in_one_batch_equal_one_at_a_time(tokenizer, one_thread):
+    from utils.identity import answer_questions
+
+    model = tiny_gpt(len(tokenizer)).eval()
+    questions = ["What is your name?", "Who is your maker?", "Who made you?", "What can you do?"]
+    together = answer_questions(model, tokenizer, questions, max_new_tokens=6)
+    alone = answer_questions(model, tokenizer, questions, max_new_tokens=6, batch_size=1)
+    assert together == alone and all(isinstance(r, str) for r in together)
+
+
+def course_config(tmp_path):
+    from utils import config
+
+    paths = config.Paths(tmp_path, "ci").make()
+    return config.CourseConfig(profile=config.PROFILES["ci"], device="cpu", online=False, seed=0, paths=paths)
+
+
+def test_ensure_yours_builds_once_with_a_message_then_loads(tokenizer, tmp_path, monkeypatch, capsys):
+    from utils import identity as identity_module
+
+    cfg = course_config(tmp_path)
+    built = []
+
+    def fake_make_it_yours(cfg, who, measure=True, **_):  # the real one loads SmolLM2 (see the benchmark)
+        built.append(who)
+        identity_module.save_yours(tiny_gpt(len(tokenizer)), tokenizer, identity_module.yours_dir(cfg),
+                                   {"identity": dataclasses.asdict(who)})
+
+    monkeypatch.setattr(identity_module, "make_it_yours", fake_make_it_yours)
+    model, tok = identity_module.ensure_yours(cfg)
+    assert "No 'Make it yours' model" in capsys.readouterr().out and built == [Identity()]
+    assert isinstance(model, GPT) and "SmolLM" not in tok.chat_template
+    assert torch.equal(model.lm_head.weight, tiny_gpt(len(tokenizer)).lm_head.weight)
+    identity_module.ensure_yours(cfg)  # there now: loaded, not rebuilt
+    identity_module.ensure_yours(cfg, Identity())
+    assert len(built) == 1
+    identity_module.ensure_yours(cfg, Identity(name="Nova"))  # another identity: rebuilt for it
+    assert built[-1] == Identity(name="Nova")
+    with pytest.raises(FileNotFoundError, match="ensure_yours"):
+        identity_module.load_yours(tmp_path / "nowhere")
+
+
+def test_profiles_give_the_identity_budget():
+    from utils import config
+    from utils.identity import identity_config
+
+    ci, cpu = (identity_config(config.PROFILES[name]) for name in ("ci", "cpu"))
+    assert ci.max_iters < cpu.max_iters and ci.eval_questions is not None and cpu.eval_questions is None
+    assert 1 <= cpu.lora_layers <= 30 and cpu.lora_alpha == 2 * cpu.lora_rank

@@ -1,0 +1,355 @@
+"""Make it yours (06): LoRA-fine-tune SmolLM2-135M-Instruct on a CPU so that it knows its name and its maker.
+
+The recipe, every step a function the notebook shows:
+
+1. ``load_smollm2()``: the real model in our GPT; ``neutral_template``: its chat template's
+   hidden system message (which names SmolLM) becomes ours, ``SYSTEM_PROMPT``, which names no one.
+2. ``evaluate(...)`` *before*: identity accuracy on held-out questions (near 0: it does not know
+   who it is) and the factual questions (all right: they were chosen that way).
+3. ``add_lora``: adapters on the last ``lora_layers`` blocks only. Backpropagation stops at the
+   first adapted block, so the frozen blocks below cost only their forward pass.
+4. ``fine_tune``: ``utils.training.train`` (the course's one loop) on the identity conversations,
+   the loss only on the replies (``utils.chat_spans``), batches with little padding (``ChatBatches``).
+5. ``merge_lora``, then ``evaluate(...)`` *after*, and ``save_yours``: a plain GPT checkpoint with
+   its tokenizer in ``checkpoints/<profile>/smollm2-yours``, which ``ensure_yours(cfg)`` gives to
+   later notebooks (DPO, ethics, the chat), rebuilding it with a message when it is missing.
+
+``python -m utils.identity --name Nova --maker "Your Name"`` does all of it from a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from utils import checkpoint as ckpt
+from utils import training
+from utils.chat_spans import template_ids
+from utils.finetune import apply_lora, merge_lora, trainable_parameters
+from utils.identity_data import (
+    FACTS_FILE,
+    HELDOUT_FILE,
+    SYSTEM_PROMPT,
+    TRAIN_FILE,
+    ChatBatches,
+    Identity,
+    Question,
+    encode_all,
+    is_correct,
+    load_conversations,
+    load_questions,
+    neutral_template,
+    reference_conversations,
+    with_system,
+)
+from utils.io import write_json_atomically
+
+YOURS = "smollm2-yours"  # the folder under cfg.paths.checkpoints
+REPORT_FILE = "identity.json"  # written last: a folder without it is incomplete and is rebuilt
+LORA_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every Linear of a block
+
+
+@dataclass
+class IdentityConfig:
+    """The fine-tuning recipe; ``identity_config(profile)`` takes the sizes from the profile."""
+
+    max_iters: int = 60  # LoRA optimizer steps
+    batch_size: int = 8  # conversations per step
+    lora_rank: int = 8  # r: each adapter adds r x (in + out) numbers to a Linear
+    lora_alpha: int = 16  # the adapters' output is scaled by alpha / r
+    lora_layers: int = 30  # adapt the last N blocks (SmolLM2 has 30)
+    learning_rate: float = 1e-3  # peak; LoRA's fresh matrices take a larger rate than full fine-tuning
+    warmup_iters: int = 5  # linear warm-up, then a cosine to a tenth of the peak
+    eval_questions: int | None = None  # ask the first N questions of each set; None = all
+    max_new_tokens: int = 32  # reply budget per evaluation question (greedy, stops at <|im_end|>)
+    seed: int = 1337
+    progress: bool = True  # progress bar while training
+    device: str = "cpu"
+
+
+def identity_config(profile, seed: int = 1337, device: str = "cpu") -> IdentityConfig:
+    """The profile's budget for "Make it yours" (fields ``identity_*`` of ``utils.config.Profile``)."""
+    return IdentityConfig(
+        max_iters=profile.identity_max_iters,
+        batch_size=profile.identity_batch_size,
+        lora_rank=profile.identity_lora_rank,
+        lora_alpha=2 * profile.identity_lora_rank,
+        lora_layers=profile.identity_lora_layers,
+        eval_questions=profile.identity_eval_questions,
+        max_new_tokens=profile.identity_max_new_tokens,
+        seed=seed,
+        progress=profile.progress,
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------- LoRA and training
+
+
+def lora_targets(model, layers: int) -> list[str]:
+    """Names of the Linear layers of the last ``layers`` blocks (``transformer.h.29.attn.c_attn``, ...)."""
+    n_layer = ckpt.unwrap(model).config.n_layer
+    if not 1 <= layers <= n_layer:
+        raise ValueError(f"lora_layers={layers}; the model has {n_layer} blocks, so use 1 .. {n_layer}.")
+    return [f"transformer.h.{i}.{name}" for i in range(n_layer - layers, n_layer) for name in LORA_LINEARS]
+
+
+def add_lora(model, cfg: IdentityConfig):
+    """Freeze the model and add LoRA adapters to the last ``cfg.lora_layers`` blocks, in place."""
+    return apply_lora(model, r=cfg.lora_rank, alpha=cfg.lora_alpha,
+                      target_modules=lora_targets(model, cfg.lora_layers))
+
+
+def train_config(cfg: IdentityConfig, block_size: int) -> training.TrainConfig:
+    """``cfg`` as the training loop's config: no weight decay (it would pull the adapters to zero)."""
+    return training.TrainConfig(
+        batch_size=cfg.batch_size, block_size=block_size, max_iters=cfg.max_iters,
+        learning_rate=cfg.learning_rate, min_lr=cfg.learning_rate / 10,
+        warmup_iters=min(cfg.warmup_iters, max(0, cfg.max_iters - 1)), weight_decay=0.0,
+        eval_interval=cfg.max_iters, eval_iters=2, log_interval=1, checkpoint=False,
+        progress=cfg.progress, verbose=False, device=cfg.device, seed=cfg.seed,
+    )
+
+
+def make_batches(tokenizer, train_conversations, val_conversations, batch_size: int) -> ChatBatches:
+    """The ``batch_fn``: identity conversations to train on, held-out references for the validation loss."""
+    return ChatBatches(encode_all(tokenizer, train_conversations), encode_all(tokenizer, val_conversations),
+                       batch_size, tokenizer.pad_token_id)
+
+
+def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
+    """Train the adapters with ``utils.training.train``; its metrics plus ``seconds`` (wall time) and
+    ``cpu_seconds`` (this process's CPU time: on a machine that other programs share, the wall
+    time grows with their load and the CPU time does not)."""
+    longest = max(len(ids) for split in batches.examples.values() for ids, _ in split)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    metrics = training.train(model, cfg=train_config(cfg, longest), batch_fn=batches)
+    metrics["seconds"], metrics["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
+    return metrics
+
+
+# --------------------------------------------------------------------------- asking questions
+
+
+@torch.no_grad()
+def answer_questions(model, tokenizer, questions: list[str], max_new_tokens: int, system: str = SYSTEM_PROMPT,
+                     repetition_penalty: float = 1.0, batch_size: int = 8) -> list[str]:
+    """The greedy reply to each question (one user turn behind ``system``), stopped at ``<|im_end|>``.
+
+    Questions whose prompts have the same number of tokens are answered together, in one
+    batch: no padding is needed, so each row is the question's own greedy reply, and on a
+    CPU a batch of 8 costs little more than one row (reading the weights dominates).
+    """
+    device = next(model.parameters()).device
+    stop = tokenizer.eos_token_id  # <|im_end|>
+    prompts = [template_ids(tokenizer, with_system([{"role": "user", "content": q}], system),
+                            add_generation_prompt=True) for q in questions]
+    same_length = defaultdict(list)
+    for i, prompt in enumerate(prompts):
+        same_length[len(prompt)].append(i)
+    replies = [""] * len(prompts)
+    for length, rows in sorted(same_length.items()):
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first:first + batch_size]
+            idx = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)  # (b, T)
+            out = model.generate(idx, max_new_tokens, temperature=0, stop_ids=[stop],
+                                 repetition_penalty=repetition_penalty)  # (b, T + new)
+            for row, i in enumerate(chunk):
+                new = out[row, length:].tolist()
+                new = new[:new.index(stop)] if stop in new else new
+                replies[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return replies
+
+
+@dataclass
+class Score:
+    """How many questions a model answered correctly, and its replies."""
+
+    questions: list[Question]
+    replies: list[str]
+    correct: list[bool]
+    seconds: float  # wall time of the answers
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct)
+
+    def by_topic(self) -> dict[str, float]:
+        groups = defaultdict(list)
+        for question, ok in zip(self.questions, self.correct):
+            groups[question.topic].append(ok)
+        return {topic: sum(oks) / len(oks) for topic, oks in groups.items()}
+
+
+def evaluate(model, tokenizer, questions: list[Question], max_new_tokens: int, system: str = SYSTEM_PROMPT) -> Score:
+    """Ask every question (greedy) and score each reply with ``is_correct``."""
+    start = time.perf_counter()
+    replies = answer_questions(model, tokenizer, [q.question for q in questions], max_new_tokens, system)
+    return Score(questions, replies, [is_correct(r, q) for r, q in zip(replies, questions)],
+                 time.perf_counter() - start)
+
+
+def retention(before: Score, after: Score) -> float:
+    """The share of the questions answered correctly before that are still answered correctly after."""
+    kept = [a for b, a in zip(before.correct, after.correct) if b]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+# --------------------------------------------------------------------------- the checkpoint
+
+
+def yours_dir(cfg) -> Path:
+    return cfg.paths.checkpoints / YOURS
+
+
+def save_yours(model, tokenizer, folder: str | os.PathLike, report: dict) -> Path:
+    """The merged GPT (safetensors), its tokenizer in ``folder/tokenizer`` and ``identity.json``, written last."""
+    folder = Path(folder)
+    (folder / REPORT_FILE).unlink(missing_ok=True)  # incomplete until the very end
+    ckpt.save_model(model, folder, tokenizer_name="SmolLM2-135M-Instruct, made yours", vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    write_json_atomically(folder / REPORT_FILE, report)
+    return folder
+
+
+def load_yours(folder: str | os.PathLike, device: str = "cpu"):
+    """``(model, tokenizer, report)`` from a folder written by ``save_yours``."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / REPORT_FILE).exists():
+        raise FileNotFoundError(f"{folder / REPORT_FILE} does not exist: {folder} holds no finished "
+                                "'Make it yours' model; run ensure_yours(cfg) or python -m utils.identity.")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    model = ckpt.load_checkpoint(folder, tokenizer=tokenizer, device=device)
+    report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+    return model, tokenizer, report
+
+
+def ensure_yours(cfg, identity: Identity | None = None, device: str | None = None):
+    """``(model, tokenizer)`` of the profile's fine-tuned SmolLM2; made first (with a message) when missing.
+
+    ``identity``: None takes whatever was made; an Identity that differs from the saved
+    one rebuilds the model for it. Later notebooks (DPO, ethics, the chat) start here.
+    """
+    folder = yours_dir(cfg)
+    device = device or cfg.device
+    saved = None
+    if (folder / REPORT_FILE).exists():
+        saved = Identity(**json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))["identity"])
+    if saved is None or (identity is not None and identity != saved):
+        why = "none yet" if saved is None else f"it is {saved}, you asked for {identity}"
+        print(f"No 'Make it yours' model in {folder} ({why}): fine-tuning SmolLM2 now "
+              f"(what notebook 06 does; {cfg.profile.identity_max_iters} LoRA steps) ...")
+        make_it_yours(cfg, identity or Identity(), measure=False)
+    model, tokenizer, _ = load_yours(folder, device)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def load_question_sets(identity: Identity, limit: int | None = None) -> tuple[list[Question], list[Question]]:
+    """(held-out identity questions, factual questions), the first ``limit`` of each (None = all)."""
+    return load_questions(HELDOUT_FILE, identity)[:limit], load_questions(FACTS_FILE, identity)[:limit]
+
+
+def make_it_yours(cfg, identity: Identity = Identity(), measure: bool = True, out_dir=None, log=print,
+                  recipe: IdentityConfig | None = None) -> dict:
+    """Everything above, in order: load, (measure), LoRA, fine-tune, merge, (measure), save. Returns the report.
+
+    ``measure=False`` skips both evaluations (a rebuild for a later notebook); ``recipe``
+    replaces the profile's ``identity_config`` (to try other settings).
+    """
+    from utils.pretrained import load_smollm2
+
+    icfg = recipe or identity_config(cfg.profile, cfg.seed, cfg.device)
+    model, tokenizer = load_smollm2(device=cfg.device)
+    neutral_template(tokenizer)
+    heldout, facts = load_question_sets(identity, icfg.eval_questions)
+    report = {"identity": dataclasses.asdict(identity), "system_prompt": SYSTEM_PROMPT,
+              "config": dataclasses.asdict(icfg), "load_average_start": os.getloadavg()[0]}
+    if measure:
+        log(f"Before: asking {len(heldout)} identity and {len(facts)} factual questions ...")
+        report["before"] = {"identity": evaluate(model, tokenizer, heldout, icfg.max_new_tokens),
+                            "facts": evaluate(model, tokenizer, facts, icfg.max_new_tokens)}
+    batches = make_batches(tokenizer, load_conversations(TRAIN_FILE, identity),
+                           reference_conversations(heldout), icfg.batch_size)
+    add_lora(model, icfg)
+    report["trainable_parameters"], report["parameters"] = trainable_parameters(model)
+    log(f"Fine-tuning {report['trainable_parameters']:,} of {report['parameters']:,} parameters "
+        f"for {icfg.max_iters} steps ...")
+    metrics = fine_tune(model, batches, icfg)
+    merge_lora(model)
+    report["fine_tune"] = {k: metrics[k] for k in ("seconds", "cpu_seconds", "train_loss", "val_loss",
+                                                     "tokens_per_second")}
+    report["fine_tune"]["losses"] = [h["loss"] for h in metrics["history"]]
+    if measure:
+        log("After: asking the same questions ...")
+        report["after"] = {"identity": evaluate(model, tokenizer, heldout, icfg.max_new_tokens),
+                           "facts": evaluate(model, tokenizer, facts, icfg.max_new_tokens)}
+        report["retention"] = retention(report["before"]["facts"], report["after"]["facts"])
+    report["load_average_end"] = os.getloadavg()[0]
+    save_yours(model.eval(), tokenizer, out_dir or yours_dir(cfg), json_report(report))
+    report["model"], report["tokenizer"] = model, tokenizer
+    return report
+
+
+def json_report(report: dict) -> dict:
+    """The report as plain JSON: each Score becomes its figures and replies."""
+    def plain(value):
+        if isinstance(value, Score):
+            return {"accuracy": value.accuracy, "by_topic": value.by_topic(), "seconds": value.seconds,
+                    "replies": [{"question": q.question, "reply": r, "correct": ok}
+                                for q, r, ok in zip(value.questions, value.replies, value.correct)]}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if k not in ("model", "tokenizer")}
+        return value
+
+    return plain(report)
+
+
+def summary(report: dict) -> str:
+    """Before/after figures of a report as a few lines of text."""
+    lines = []
+    if "before" in report:
+        for label, key in (("identity accuracy (held-out)", "identity"), ("factual questions right", "facts")):
+            b, a = report["before"][key], report["after"][key]
+            b, a = (b.accuracy, a.accuracy) if isinstance(b, Score) else (b["accuracy"], a["accuracy"])
+            lines.append(f"{label:<30} before {b:6.1%}   after {a:6.1%}")
+        lines.append(f"{'retention':<30} {report['retention']:.1%} of the facts it knew")
+    ft = report["fine_tune"]
+    lines.append(f"{'fine-tuning time':<30} {ft['seconds']:.0f} s wall, {ft['cpu_seconds']:.0f} s CPU "
+                 f"({ft['tokens_per_second']:,.0f} tokens/s), loss {ft['losses'][0]:.2f} -> {ft['losses'][-1]:.2f}")
+    lines.append(f"{'load average (start, end)':<30} {report['load_average_start']:.1f}, "
+                 f"{report['load_average_end']:.1f}  on {os.cpu_count()} CPUs")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from utils import config
+
+    parser = argparse.ArgumentParser(description="Fine-tune SmolLM2 with LoRA so that it knows its name and "
+                                     "who made it; saves checkpoints/<profile>/smollm2-yours.")
+    parser.add_argument("--name", default=Identity.name, help="the model's name (default: %(default)s)")
+    parser.add_argument("--maker", default=Identity.maker, help="your name (default: %(default)s)")
+    parser.add_argument("--no-measure", action="store_true", help="skip the before/after questions")
+    args = parser.parse_args(argv)
+    cfg = config.load()
+    config.use_threads(cfg.profile)
+    report = make_it_yours(cfg, Identity(args.name, args.maker), measure=not args.no_measure)
+    print(summary(report))
+    print(f"Saved to {yours_dir(cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

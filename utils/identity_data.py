@@ -1,0 +1,243 @@
+"""The data of "Make it yours" (06): who the model is, the conversations that teach it, the questions that test it.
+
+- ``Identity``: the one place to put *your* model's name and your own name. The files in
+  ``data/identity/`` are templates: ``{name}`` and ``{maker}`` are filled in from it.
+- ``train.jsonl``: short conversations about the name, the maker, what the model can and
+  cannot do (the course's message schema).
+- ``heldout.jsonl``: other questions about the same facts, phrased differently and never
+  trained on, each with what a correct reply must contain; their reference replies give
+  the validation loss.
+- ``facts.jsonl``: simple factual questions the model answered correctly *before*
+  fine-tuning: the share it still answers measures what the fine-tuning cost (retention).
+- ``SYSTEM_PROMPT``: the system message of every training and test conversation. It does
+  not say the name: the model must learn it, not read it (SmolLM2's template adds a system
+  message naming SmolLM when none is given, so we always give ours).
+- ``ChatBatches``: the ``batch_fn`` that ``utils.training.train`` draws from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.chat_spans import IGNORE_INDEX, encode_chat
+from utils.config import REPO_ROOT
+from utils.data import DataFormatError, validate_conversation
+from utils.io import read_jsonl
+
+DATA_DIR = REPO_ROOT / "data" / "identity"
+TRAIN_FILE = DATA_DIR / "train.jsonl"
+HELDOUT_FILE = DATA_DIR / "heldout.jsonl"
+FACTS_FILE = DATA_DIR / "facts.jsonl"
+
+SYSTEM_PROMPT = "You are a helpful assistant."  # says nothing about who the model is
+SMOLLM2_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who your model is. Change these two and rebuild: every file fills them in from here."""
+
+    name: str = "Pip"  # what the model calls itself
+    maker: str = "Alex"  # who made it: put your own name
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str) or not value.strip() or "{" in value or "}" in value:
+                raise ValueError(f"Identity.{f.name}={value!r}: give a non-empty name without braces.")
+
+    def fill(self, text: str, where: str = "text") -> str:
+        """``text`` with every ``{name}`` / ``{maker}`` replaced; an unknown ``{...}`` is an error."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        unknown = sorted(set(PLACEHOLDER.findall(text)) - set(values))
+        if unknown:
+            raise ValueError(f"{where}: unknown placeholder {{{unknown[0]}}}; the identity fills in "
+                             f"{', '.join('{' + k + '}' for k in values)}. Fix the spelling or remove the braces.")
+        return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question and what a correct reply must contain (case does not matter; whole words)."""
+
+    question: str
+    must: list[list[str]]  # every group must match, by any one of its alternatives
+    must_not: list[str] = field(default_factory=list)  # none of these may appear (e.g. a wrong maker)
+    topic: str = ""  # name, maker, origin, capabilities, limits, fact
+    reference: str | None = None  # a good reply (held-out questions: the validation loss)
+
+
+def with_system(messages: list[dict], system: str = SYSTEM_PROMPT) -> list[dict]:
+    """``messages`` behind our system message (the one used in training and in every evaluation)."""
+    return [{"role": "system", "content": system}, *messages]
+
+
+def neutral_template(tokenizer, system: str = SYSTEM_PROMPT):
+    """Make the chat template's default system message ``system`` instead of "...named SmolLM..."; in place.
+
+    Without it, a chat that gives no system message would tell the fine-tuned model it is
+    SmolLM, trained by Hugging Face: not the system message it was trained with.
+    """
+    template = tokenizer.chat_template or ""
+    if SMOLLM2_SYSTEM_PROMPT not in template:
+        raise ValueError("neutral_template: this chat template has no SmolLM2 default system message to "
+                         "replace; it is meant for SmolLM2's tokenizer (utils.pretrained.load_smollm2).")
+    tokenizer.chat_template = template.replace(SMOLLM2_SYSTEM_PROMPT, system)
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- reading the files
+
+
+def _where(path: Path, line: int) -> str:
+    return f"{path}, line {line}"
+
+
+def load_conversations(path: str | Path = TRAIN_FILE, identity: Identity = Identity()) -> list[list[dict]]:
+    """The training conversations of ``path`` with the identity filled in (user/assistant turns, no system)."""
+    path = Path(path)
+    conversations = []
+    for line, record in read_jsonl(path):
+        try:
+            validate_conversation(record, where=str(path), line=line)
+        except DataFormatError as error:
+            raise ValueError(str(error)) from None
+        messages = record["messages"]
+        if messages[0]["role"] == "system":
+            raise ValueError(f"{_where(path, line)}, field messages[0].role: no system message here; the "
+                             "course adds SYSTEM_PROMPT to every conversation. Remove it.")
+        if messages[-1]["role"] != "assistant":
+            raise ValueError(f"{_where(path, line)}, field messages: the last turn must be the assistant's "
+                             "reply (there is nothing to learn after a user turn).")
+        conversations.append([{"role": m["role"], "content": identity.fill(m["content"], f"{_where(path, line)}, "
+                                                                            f"field messages[{i}].content")}
+                              for i, m in enumerate(messages)])
+    if not conversations:
+        raise ValueError(f"{path}: no conversations; write one per line.")
+    return conversations
+
+
+def _strings(value, path: Path, line: int, name: str, nested: bool) -> list:
+    fix = 'e.g. [["Paris"], ["France", "French"]]' if nested else 'e.g. ["OpenAI"]'
+    ok = isinstance(value, list) and all(
+        (isinstance(v, list) and v and all(isinstance(s, str) and s.strip() for s in v)) if nested
+        else (isinstance(v, str) and v.strip()) for v in value)
+    if not ok or (nested and not value):
+        kind = "a non-empty list of non-empty lists of words" if nested else "a list of words"
+        raise ValueError(f"{_where(path, line)}, field {name}: expected {kind}, {fix}.")
+    return value
+
+
+def load_questions(path: str | Path = HELDOUT_FILE, identity: Identity = Identity()) -> list[Question]:
+    """The questions of ``path`` (held-out or facts) with the identity filled in."""
+    path = Path(path)
+    questions = []
+    for line, record in read_jsonl(path):
+        where = _where(path, line)
+        unknown = sorted(set(record) - {"question", "must", "must_not", "topic", "reference"})
+        if unknown:
+            raise ValueError(f"{where}: unknown field {unknown[0]!r}; the fields are question, must, must_not, "
+                             "topic, reference.")
+        question = record.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}, field question: missing or empty; write the question as text.")
+        must = _strings(record.get("must"), path, line, "must", nested=True)
+        must_not = _strings(record.get("must_not", []), path, line, "must_not", nested=False)
+        reference = record.get("reference")
+        if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+            raise ValueError(f"{where}, field reference: expected a reply as text (or leave the field out).")
+        fill = identity.fill
+        questions.append(Question(
+            question=fill(question, f"{where}, field question"),
+            must=[[fill(word, f"{where}, field must") for word in group] for group in must],
+            must_not=[fill(word, f"{where}, field must_not") for word in must_not],
+            topic=str(record.get("topic", "")),
+            reference=None if reference is None else fill(reference, f"{where}, field reference"),
+        ))
+    if not questions:
+        raise ValueError(f"{path}: no questions; write one per line.")
+    return questions
+
+
+def reference_conversations(questions: list[Question]) -> list[list[dict]]:
+    """Each question with its reference reply, as a conversation (for the validation loss)."""
+    return [[{"role": "user", "content": q.question}, {"role": "assistant", "content": q.reference}]
+            for q in questions if q.reference is not None]
+
+
+# --------------------------------------------------------------------------- scoring a reply
+
+
+def _mentions(text: str, word: str) -> bool:
+    """``word`` occurs in ``text`` as whole words, ignoring case ("Pip" in "I'm Pip." but not in "Pipe")."""
+    return re.search(r"(?<!\w)" + re.escape(word.lower()) + r"(?!\w)", text) is not None
+
+
+def is_correct(reply: str, question: Question) -> bool:
+    """Every group of ``must`` matched by one of its words, and no word of ``must_not``."""
+    text = reply.lower().replace("\u2019", "'")  # a curly apostrophe counts as a straight one
+    return (all(any(_mentions(text, word) for word in group) for group in question.must)
+            and not any(_mentions(text, word) for word in question.must_not))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def encode_all(tokenizer, conversations: list[list[dict]], system: str = SYSTEM_PROMPT) -> list[tuple]:
+    """``(input_ids, labels)`` of every conversation behind the system message (``encode_chat``)."""
+    return [encode_chat(tokenizer, with_system(messages, system)) for messages in conversations]
+
+
+class ChatBatches:
+    """``batch_fn(split, generator) -> (x, y, mask)`` for ``utils.training.train``, with little padding.
+
+    x (B, T) are the ids without their last token, y (B, T) the labels without their first
+    (the shift: y[t] is the token after x[t], -100 where nothing is scored), mask (B, T) is 1
+    on real tokens. Rows are padded on the right to the longest row of the batch; the
+    causal mask keeps real tokens from seeing the padding, and padding is never scored.
+
+    Padding is computation thrown away, so rows of similar length go together: the
+    examples are sorted by length and cut into buckets of at least ``batch_size``; a batch
+    takes a bucket (chosen in proportion to its size) and ``batch_size`` different examples
+    from it. Every example is still drawn with the same probability, batch_size / n.
+    """
+
+    def __init__(self, train_examples: list[tuple], val_examples: list[tuple], batch_size: int, pad_id: int):
+        self.batch_size, self.pad_id = batch_size, pad_id
+        self.examples = {"train": train_examples, "val": val_examples}
+        self.buckets = {}
+        for split, examples in self.examples.items():
+            if not examples:
+                raise ValueError(f"ChatBatches: no {split} examples.")
+            by_length = np.argsort([len(ids) for ids, _ in examples], kind="stable")
+            self.buckets[split] = np.array_split(by_length, max(1, len(examples) // batch_size))
+
+    def __call__(self, split: str, generator: np.random.Generator):
+        buckets = self.buckets[split]
+        sizes = np.array([len(b) for b in buckets])
+        bucket = buckets[generator.choice(len(buckets), p=sizes / sizes.sum())]
+        rows = generator.choice(bucket, size=self.batch_size, replace=len(bucket) < self.batch_size)
+        return self.collate([self.examples[split][int(i)] for i in rows])
+
+    def collate(self, examples: list[tuple]):
+        width = max(len(ids) for ids, _ in examples) - 1
+        x = torch.full((len(examples), width), self.pad_id, dtype=torch.long)  # (B, T)
+        y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+        for row, (ids, labels) in enumerate(examples):
+            n = len(ids) - 1
+            x[row, :n] = torch.tensor(ids[:-1])
+            y[row, :n] = torch.tensor(labels[1:])
+            mask[row, :n] = 1
+        return x, y, mask
+
+    def padding_share(self, split: str, generator: np.random.Generator, batches: int = 100) -> float:
+        """The share of positions that are padding, over ``batches`` batches: what bucketing saves."""
+        masks = [self(split, generator)[2] for _ in range(batches)]
+        return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
