@@ -18,6 +18,10 @@ never looks at token arrays, so fine-tuning batches (targets -100 on prompt and
 padding positions) go through the same code. A ``batch_fn`` whose rows are padded
 returns ``(x, y, mask)``, mask (B, T) 1 on real tokens and 0 on padding, so tokens/s
 and MFU count only real tokens. Batches may come on the CPU: the loop moves them.
+
+The loss is pluggable too: ``loss_fn(model, (x, y)) -> (mean_loss, n_scored)`` replaces
+next-token cross-entropy (``token_loss``), so a preference loss such as DPO (notebook 07)
+trains through this same loop; x and y then mean whatever the loss reads.
 """
 
 from __future__ import annotations
@@ -277,13 +281,15 @@ def unpack_batch(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def estimate_loss(model, batch_fn, eval_iters: int, seed: int, autocast, device="cpu") -> dict[str, float]:
+def estimate_loss(model, batch_fn, eval_iters: int, seed: int, autocast, device="cpu",
+                  loss_fn: Callable | None = None) -> dict[str, float]:
     """Mean loss per scored token over ``eval_iters`` batches of each split, in eval mode (no dropout).
 
     The batches come from their own generator, seeded the same at every call: every
     estimate sees the same windows (a smoother curve) and the training sampler's
     state is not touched (an exact resume does not depend on when we evaluated).
-    Each batch's mean loss is weighted by its number of scored targets, as in training.
+    Each batch's mean loss is weighted by its number of scored targets, as in training
+    (with a ``loss_fn``: by the count it returns).
     """
     was_training = model.training
     model.eval()
@@ -293,16 +299,30 @@ def estimate_loss(model, batch_fn, eval_iters: int, seed: int, autocast, device=
         total, count = 0.0, 0
         for _ in range(eval_iters):
             x, y, _ = unpack_batch(batch_fn(split, generator), device)
-            n = int((y != IGNORE_INDEX).sum())
-            if n == 0:
-                continue  # nothing scored in this batch (its mean loss would be nan)
-            with autocast:
-                _, loss = model(x, y)
+            if loss_fn is None:
+                n = int((y != IGNORE_INDEX).sum())
+                if n == 0:
+                    continue  # nothing scored in this batch (its mean loss would be nan)
+                with autocast:
+                    _, loss = model(x, y)
+            else:
+                with autocast:
+                    loss, n = loss_fn(model, (x, y))
+                n = int(n)
+                if n == 0:
+                    continue
             total += loss.float().item() * n
             count += n
         out[split] = total / count if count else float("nan")
     model.train(was_training)
     return out
+
+
+def token_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default loss: mean next-token cross-entropy over the scored targets of ``(x, y)``, and their count."""
+    x, y = batch
+    _, loss = model(x, y)
+    return loss, (y != IGNORE_INDEX).sum()
 
 
 def sample_text(model, decode, prompt: list[int], n_tokens: int, seed: int, device: str) -> str:
@@ -328,6 +348,7 @@ def train(
     batch_fn: Callable | None = None,
     tokenizer_name: str | None = None,
     sample_prompt: list[int] | None = None,
+    loss_fn: Callable | None = None,
 ) -> dict:
     """Train ``model`` for ``cfg.max_iters`` optimizer steps; return (and write) the metrics.
 
@@ -343,6 +364,11 @@ def train(
                parts: set ``lr_decay_iters`` when you plan to extend a run.
     decode:    ids -> text, for samples; callback(step, metrics): called at every
                log_interval and eval with the metrics so far (a live loss curve).
+    loss_fn:   ``loss_fn(model, (x, y)) -> (mean_loss, n_scored)`` (n_scored a 0-d tensor) instead of next-token
+               cross-entropy (``token_loss``), for training and validation; n_scored counts
+               what the mean is over (pairs, for DPO). The loop cannot know that count before
+               the forward pass, so each micro-batch's mean weighs 1 / grad_accum_steps: give
+               micro-batches equal sizes. ``y`` is passed as the batch_fn made it.
 
     The loss of an optimizer step is the mean over *every scored token* of its
     ``grad_accum_steps`` micro-batches (and of all processes under DDP): each
@@ -411,7 +437,7 @@ def train(
     samples: list[dict] = []
 
     def evaluate(step: int) -> dict:
-        losses = estimate_loss(gpt, batch_fn, cfg.eval_iters, cfg.seed + 10_000, autocast, device)
+        losses = estimate_loss(gpt, batch_fn, cfg.eval_iters, cfg.seed + 10_000, autocast, device, loss_fn)
         return {"step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
 
     def save(step: int) -> None:
@@ -468,6 +494,7 @@ def train(
             dist.all_reduce(counts)  # (scored targets, real tokens) of the whole step, every process
         step_scored = counts[0].clamp(min=1)
         token_loss_sum = torch.zeros((), device=device)  # this process's summed token loss, for the log
+        logged_scored = torch.zeros((), dtype=torch.long, device=device)  # what token_loss_sum is summed over
         for micro, ((x, y, _), n_scored) in enumerate(zip(batches, scored)):
             last_micro = micro == cfg.grad_accum_steps - 1
             # DDP averages gradients across processes after every backward; during accumulation
@@ -475,15 +502,21 @@ def train(
             sync = contextlib.nullcontext() if last_micro or dist_info.world_size == 1 else step_model.no_sync()
             with sync:
                 with autocast:
-                    _, mean_loss = step_model(x, y)  # mean over this micro-batch's scored targets
-                # Its share of the step's mean over every scored token: mean x (its count / the step's
-                # count); x world_size undoes DDP's average over processes. One micro-batch, one
-                # process: the weight is exactly 1. Nothing scored (the mean is nan): it adds 0.
+                    if loss_fn is None:
+                        _, mean_loss = step_model(x, y)  # mean over this micro-batch's scored targets
+                        # Its share of the step's mean over every scored token: mean x (its count / the
+                        # step's count); x world_size undoes DDP's average over processes. One micro-batch,
+                        # one process: the weight is exactly 1.
+                        weight = n_scored * dist_info.world_size / step_scored
+                    else:
+                        mean_loss, n_scored = loss_fn(step_model, (x, y))
+                        weight = 1.0 / cfg.grad_accum_steps  # equal micro-batches (see the docstring)
+                # Nothing scored (the mean is nan): it adds 0.
                 mean_loss = torch.where(n_scored > 0, mean_loss, 0.0)
-                weight = n_scored * dist_info.world_size / step_scored
                 scaler.scale(mean_loss * weight).backward()
             token_loss_sum += mean_loss.detach() * n_scored
-        local_scored = torch.stack(scored).sum().clamp(min=1)
+            logged_scored += n_scored
+        local_scored = logged_scored.clamp(min=1)
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
