@@ -69,6 +69,17 @@ class Profile:
     identity_lora_layers: int  # adapt only the last N of SmolLM2's 30 blocks: backpropagation stops there
     identity_eval_questions: int | None  # held-out and factual questions asked (each set); None = all
     identity_max_new_tokens: int  # reply budget per evaluation question (greedy)
+    # 07 alignment: preference pairs from the "yours" SmolLM2, then DPO with LoRA (utils.preferences, utils.alignment)
+    dpo_prompts_per_kind: int | None  # red-team, benign, chat-opener prompts and hand-written pairs, each; None = all
+    dpo_samples: int  # replies sampled per prompt; the best and the worst under the rule become a pair
+    dpo_max_new_tokens: int  # reply budget when sampling (pairs and evaluation)
+    dpo_hub_pairs: int  # pairs of HuggingFaceH4/ultrafeedback_binarized added when online (0 = none)
+    dpo_max_iters: int  # DPO optimizer steps
+    dpo_batch_size: int  # pairs per step
+    dpo_beta: float  # DPO's beta: how far the policy may move from the reference
+    dpo_lora_rank: int  # r of each adapter (alpha = 2r)
+    dpo_lora_layers: int  # adapt only the last N of SmolLM2's 30 blocks
+    dpo_eval_samples: int  # replies per held-out prompt from the DPO model (win rate, refusals, length, KL)
     # the machine
     progress: bool  # progress bars and running loss prints while training (off in ci: short logs)
     torch_threads: int | None  # torch.set_num_threads for the training notebooks; None = torch's default
@@ -108,6 +119,16 @@ PROFILES = {
         identity_lora_layers=2,
         identity_eval_questions=3,
         identity_max_new_tokens=8,
+        dpo_prompts_per_kind=2,
+        dpo_samples=2,
+        dpo_max_new_tokens=8,
+        dpo_hub_pairs=0,
+        dpo_max_iters=2,  # a few steps: checks the path, teaches nothing
+        dpo_batch_size=2,
+        dpo_beta=0.1,
+        dpo_lora_rank=4,
+        dpo_lora_layers=2,
+        dpo_eval_samples=1,
         progress=False,
         torch_threads=1,  # models this small spend more time syncing 2 threads than computing
     ),
@@ -144,6 +165,16 @@ PROFILES = {
         identity_lora_layers=30,
         identity_eval_questions=None,
         identity_max_new_tokens=32,
+        dpo_prompts_per_kind=14,
+        dpo_samples=3,
+        dpo_max_new_tokens=32,
+        dpo_hub_pairs=32,
+        dpo_max_iters=30,
+        dpo_batch_size=4,
+        dpo_beta=0.1,
+        dpo_lora_rank=8,
+        dpo_lora_layers=8,
+        dpo_eval_samples=2,
         progress=True,
         torch_threads=None,
     ),
@@ -180,6 +211,16 @@ PROFILES = {
         identity_lora_layers=30,
         identity_eval_questions=None,
         identity_max_new_tokens=32,
+        dpo_prompts_per_kind=None,
+        dpo_samples=4,
+        dpo_max_new_tokens=64,
+        dpo_hub_pairs=2000,
+        dpo_max_iters=300,
+        dpo_batch_size=8,
+        dpo_beta=0.1,
+        dpo_lora_rank=16,
+        dpo_lora_layers=30,
+        dpo_eval_samples=4,
         progress=True,
         torch_threads=None,
     ),
