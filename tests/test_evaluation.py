@@ -12,8 +12,11 @@ import torch.nn.functional as F
 
 from utils.evaluation import (
     bigram_perplexity,
+    bigram_token_losses,
     bits_per_byte,
+    bootstrap_interval,
     checkpoint_perplexities,
+    documents_nats,
     distinct_n,
     evaluate_text,
     perplexity,
@@ -21,6 +24,7 @@ from utils.evaluation import (
     sliding_windows,
     token_losses,
     unigram_perplexity,
+    unigram_token_losses,
     uniform_perplexity,
 )
 from utils.model import GPT, GPTConfig
@@ -209,6 +213,57 @@ def test_bigram_is_sparse_for_a_gpt2_sized_vocabulary():
     ids = random_ids(20_000, vocab_size=50_257)
     value = bigram_perplexity(ids[:15_000], ids[15_000:], vocab_size=50_257)  # a dense table would be 20 GB
     assert math.isfinite(value) and value > 1
+
+
+def test_baseline_token_losses_are_the_perplexities_per_token():
+    ids = random_ids(3000, vocab_size=50)
+    train, evaluation = ids[:2500], ids[2500:]
+    unigram = unigram_token_losses(train, evaluation, 50)
+    bigram = bigram_token_losses(train, evaluation, 50, interpolation=0.8)
+    assert unigram.shape == bigram.shape == (evaluation.size - 1,)
+    assert math.exp(unigram.mean()) == pytest.approx(unigram_perplexity(train, evaluation, 50))
+    assert math.exp(bigram.mean()) == pytest.approx(bigram_perplexity(train, evaluation, 50, interpolation=0.8))
+    # the bigram's loss of a token depends on the previous token only
+    assert bigram_token_losses(train, evaluation[5:9], 50, interpolation=0.8) == pytest.approx(bigram[5:8])
+
+
+# ---- many documents, and intervals ----
+
+
+def test_documents_are_scored_alone_after_their_context():
+    model = tiny_model()
+    documents = [random_ids(n, seed=n) for n in (5, 30, 12)]  # 30 > block_size: sliding windows inside
+    context = [7, 3]
+    nats = documents_nats(lambda ids: token_losses(model, ids), documents, context)
+    for got, document in zip(nats, documents):
+        full = token_losses(model, np.r_[context, document])  # losses of [3, document...]
+        assert got == pytest.approx(full[1:].sum())  # the context's own token is not scored
+    train = random_ids(500, seed=9)
+    alone = documents_nats(lambda ids: bigram_token_losses(train, ids, 65), documents, context)
+    together = documents_nats(lambda ids: bigram_token_losses(train, ids, 65), documents, context, joined=True)
+    np.testing.assert_allclose(together, alone)  # a bigram looks back one token: joining changes nothing
+    with pytest.raises(ValueError, match="context_ids is empty"):
+        documents_nats(lambda ids: ids, documents, [])
+    with pytest.raises(ValueError, match="a document has no tokens"):
+        documents_nats(lambda ids: ids, [[1], []], [0])
+
+
+def test_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    nats, n_bytes = rng.gamma(5, 100, size=40), rng.integers(200, 800, size=40)
+    ratio = nats.sum() / n_bytes.sum()
+    low, high = bootstrap_interval(nats, n_bytes)
+    assert low < ratio < high
+    wider = bootstrap_interval(nats[:10], n_bytes[:10])
+    assert wider[1] - wider[0] > high - low  # fewer documents, less certainty
+    assert bootstrap_interval(nats, n_bytes, seed=3) == bootstrap_interval(nats, n_bytes, seed=3)
+    assert bootstrap_interval(np.full(5, 2.0)) == (2.0, 2.0)  # no spread, no doubt
+    coin = bootstrap_interval(rng.integers(0, 2, size=400))
+    assert 0.4 < coin[0] < 0.5 < coin[1] < 0.6  # about +-1.96 sqrt(0.25 / 400) = +-0.049 around 0.5
+    with pytest.raises(ValueError, match="same length"):
+        bootstrap_interval([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_interval([1.0, 2.0], confidence=95)
 
 
 # ---- checkpoints ----

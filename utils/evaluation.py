@@ -15,6 +15,9 @@ these functions; 06 uses them for the before/after table of fine-tuning.
   with different tokenizers can be compared on the same text.
 - A number means little on its own: the **baselines** (uniform, unigram, bigram) on
   the same split say how much the transformer adds over counting.
+- A figure from a sample needs an interval: ``documents_nats`` scores documents one by
+  one and ``bootstrap_interval`` resamples them (not their tokens, which are not
+  independent).
 
 Every model function here works with our ``utils.model.GPT`` (``forward(idx)``
 returns ``(logits, loss)``) and with a ``transformers`` causal LM (returns an output
@@ -45,6 +48,10 @@ __all__ = [
     "uniform_perplexity",
     "unigram_perplexity",
     "bigram_perplexity",
+    "unigram_token_losses",
+    "bigram_token_losses",
+    "documents_nats",
+    "bootstrap_interval",
     "checkpoint_perplexities",
     "distinct_n",
     "repetition_rate",
@@ -59,7 +66,7 @@ __all__ = [
 ]
 
 
-# ---- helpers: reading ids and asking a model for logits (also used by utils.safety) ----
+# ---- helpers: reading ids and asking a model for logits (also used by safety and multiple_choice) ----
 
 
 def _as_id_array(token_ids, name: str = "token_ids") -> np.ndarray:
@@ -106,10 +113,6 @@ def model_logits(model, idx: torch.Tensor) -> torch.Tensor:
     if isinstance(output, torch.Tensor):  # a model that returns the logits alone
         return output
     return output.logits if hasattr(output, "logits") else output[0]
-
-
-# The names utils.safety still imports (until it moves to the public ones above).
-_logits, _model_block_size, _model_device = model_logits, model_block_size, model_device
 
 
 def _check_ids(ids: np.ndarray, model) -> None:
@@ -239,8 +242,10 @@ def bits_per_byte(mean_loss_nats: float, n_tokens: int, n_bytes: int) -> float:
 
     total nats = mean loss x tokens scored; / ln 2 turns nats into bits; / bytes makes
     it independent of the tokenizer: a tokenizer with longer tokens has a higher
-    loss per token but fewer tokens, and bits per byte sees through that. A model
-    that knows nothing about English and spends 8 bits on every byte scores 8.
+    loss per token but fewer tokens, and bits per byte sees through that. A model that
+    gives all 256 byte values the same probability spends 8 bits on every byte; one
+    uniform over a tokenizer's V tokens spends log2(V) bits per token, so log2(V) /
+    (bytes per token) per byte: less than 8 when tokens are longer than a byte.
     """
     if n_bytes <= 0:
         raise ValueError(f"n_bytes={n_bytes}; the text must have at least one byte.")
@@ -310,21 +315,24 @@ def _unigram_probs(train: np.ndarray, vocab_size: int, alpha: float) -> np.ndarr
     return (counts + alpha) / total  # (V,)
 
 
-def _perplexity_from_probs(probs: np.ndarray) -> float:
+def unigram_token_losses(train_ids, eval_ids, vocab_size: int, alpha: float = 1.0) -> np.ndarray:
+    """-ln p(token) of every token of eval_ids[1:], p the token frequencies counted on ``train_ids``.
+
+    p(w) = (count(w) + alpha) / (N + alpha V) (add-alpha / Laplace smoothing: a token
+    never seen in training would otherwise get probability 0 and an infinite loss).
+    """
+    train, evaluation = _check_baseline_ids(train_ids, eval_ids, vocab_size)
+    probs = _unigram_probs(train, vocab_size, alpha)
     with np.errstate(divide="ignore"):
-        return float(np.exp(-np.log(probs).mean()))  # inf when a token got probability 0 (alpha=0)
+        return -np.log(probs[evaluation[1:]])  # (M,) inf where a token got probability 0 (alpha=0)
 
 
 def unigram_perplexity(train_ids, eval_ids, vocab_size: int, alpha: float = 1.0) -> float:
     """Perplexity of token frequencies counted on ``train_ids``, with no context at all.
 
-    p(w) = (count(w) + alpha) / (N + alpha V) (add-alpha / Laplace smoothing: a token
-    never seen in training would otherwise get probability 0 and an infinite loss).
-    Scores eval_ids[1:], the tokens the model predicts.
+    Scores eval_ids[1:], the tokens the model predicts; see ``unigram_token_losses``.
     """
-    train, evaluation = _check_baseline_ids(train_ids, eval_ids, vocab_size)
-    probs = _unigram_probs(train, vocab_size, alpha)
-    return _perplexity_from_probs(probs[evaluation[1:]])
+    return float(np.exp(unigram_token_losses(train_ids, eval_ids, vocab_size, alpha).mean()))
 
 
 def _pair_counts(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -337,14 +345,14 @@ def _pair_counts(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarr
     return np.unique(keys, return_counts=True)
 
 
-def bigram_perplexity(
+def bigram_token_losses(
     train_ids,
     eval_ids,
     vocab_size: int,
     alpha: float = 0.01,
     interpolation: float | None = None,
-) -> float:
-    """Perplexity of next-token probabilities given only the previous token, counted on ``train_ids``.
+) -> np.ndarray:
+    """-ln p(token | previous token) of every token of eval_ids[1:], p counted on ``train_ids``.
 
     Two ways to give unseen pairs some probability:
 
@@ -354,7 +362,7 @@ def bigram_perplexity(
     - ``interpolation=lam`` in [0, 1], Jelinek-Mercer: p(b|a) = lam * count(a,b) / count(a)
       + (1 - lam) * p_unigram(b) (add-``alpha`` unigram); a never-seen a uses p_unigram alone.
 
-    Counts are kept sparse (pairs that occur, not a V x V table). Scores eval_ids[1:].
+    Counts are kept sparse (pairs that occur, not a V x V table). Returns (len(eval_ids) - 1,) nats.
     """
     train, evaluation = _check_baseline_ids(train_ids, eval_ids, vocab_size)
     if alpha < 0:
@@ -384,7 +392,79 @@ def bigram_perplexity(
         seen = context_count > 0
         maximum_likelihood = np.divide(pair_count, context_count, out=np.zeros_like(pair_count), where=seen)
         probs = np.where(seen, interpolation * maximum_likelihood + (1 - interpolation) * unigram, unigram)
-    return _perplexity_from_probs(probs)
+    with np.errstate(divide="ignore"):
+        return -np.log(probs)  # (M,)
+
+
+def bigram_perplexity(
+    train_ids,
+    eval_ids,
+    vocab_size: int,
+    alpha: float = 0.01,
+    interpolation: float | None = None,
+) -> float:
+    """Perplexity of next-token probabilities given only the previous token, counted on ``train_ids``.
+
+    Scores eval_ids[1:]; see ``bigram_token_losses`` for the two smoothings (add-alpha,
+    the default, and Jelinek-Mercer ``interpolation`` with the unigram).
+    """
+    return float(np.exp(bigram_token_losses(train_ids, eval_ids, vocab_size, alpha, interpolation).mean()))
+
+
+# ---- many documents, one number with an interval ----
+
+
+def documents_nats(losses_fn: Callable, documents: Sequence, context_ids: Sequence[int],
+                   joined: bool = False) -> np.ndarray:
+    """Total nats of each document's tokens, each read after ``context_ids`` (which are not scored).
+
+    ``losses_fn(ids)`` returns the losses of ids[1:] (``token_losses`` of a model, or
+    ``bigram_token_losses`` of a counting baseline, wrapped in a lambda). Each document
+    is scored on its own: [context, document], so no document sees another. The
+    context is the model's own start-of-document marker (our GPT: ``<|endoftext|>``
+    and a new line; SmolLM2: its ``<|endoftext|>``), so the first token of a document
+    is predicted too, with the same knowledge a model has at any document start.
+
+    ``joined=True`` scores all documents in one call on their concatenation: exact only
+    for a ``losses_fn`` that looks back at most ``len(context_ids)`` tokens (unigram,
+    bigram), and much faster for those (their counts are made once).
+    """
+    context = [int(t) for t in context_ids]
+    if not context:
+        raise ValueError("documents_nats: context_ids is empty; give the model its start-of-document token(s).")
+    rows = [context + [int(t) for t in document] for document in documents]
+    if any(len(row) == len(context) for row in rows):
+        raise ValueError("documents_nats: a document has no tokens.")
+    if not joined:
+        return np.array([float(np.sum(losses_fn(row)[len(context) - 1:])) for row in rows])
+    losses = np.asarray(losses_fn(np.concatenate(rows)))  # (sum of row lengths - 1,)
+    starts = np.cumsum([0] + [len(row) for row in rows[:-1]])  # where each row begins in the concatenation
+    return np.array([losses[start + len(context) - 1: start + len(row) - 1].sum()
+                     for start, row in zip(starts, rows)])
+
+
+def bootstrap_interval(values, weights=None, confidence: float = 0.95, n_resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for sum(values) / sum(weights) (the mean when ``weights`` is None).
+
+    The units (documents, questions) are drawn with replacement ``n_resamples`` times;
+    the interval holds the middle ``confidence`` of the recomputed ratios. Resample
+    units, not tokens: the tokens of one conversation are not independent draws. With
+    the same ``seed`` and number of units every call draws the same units, so the
+    intervals of several models on the same documents are paired.
+    """
+    values = np.asarray(values, dtype=np.float64)  # (n,)
+    weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)  # (n,)
+    if values.ndim != 1 or values.shape != weights.shape or values.size < 2:
+        raise ValueError(f"bootstrap_interval: expected two 1-D arrays of the same length >= 2, got shapes "
+                         f"{values.shape} and {weights.shape}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence}; use a share between 0 and 1, e.g. 0.95.")
+    picks = np.random.default_rng(seed).integers(0, values.size, size=(n_resamples, values.size))  # (R, n)
+    ratios = values[picks].sum(axis=1) / weights[picks].sum(axis=1)  # (R,)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 # ---- perplexity over training: one number per checkpoint ----
