@@ -559,6 +559,14 @@ class GPT(nn.Module):
 # ---- the conversions, one pair per transformers class ----
 
 
+def _without_initialization(model_class, config):
+    """A transformers model whose random initialization is skipped: every weight is overwritten next."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        return model_class(config)
+
+
 def _check_supported(model_name: str, settings: dict) -> None:
     """settings: {field: (value, allowed values)}; a clear error for the first unsupported one."""
     for field, (value, allowed) in settings.items():
@@ -600,7 +608,7 @@ def _to_gpt2(model: GPT, config_overrides: dict):
         eos_token_id=50256 if gpt2_vocab else None, attn_implementation="sdpa",
     )
     settings.update(config_overrides)
-    hf_model = GPT2LMHeadModel(GPT2Config(**settings))
+    hf_model = _without_initialization(GPT2LMHeadModel, GPT2Config(**settings))
     ours = model.state_dict()
     converted = {}
     for name, w in hf_model.state_dict().items():
@@ -611,6 +619,7 @@ def _to_gpt2(model: GPT, config_overrides: dict):
         else:
             raise KeyError(f"GPT.to_hf: no weight of ours matches {name!r}.")
     hf_model.load_state_dict(converted)
+    hf_model.tie_weights()  # GPT-2 ties lm_head to wte (skipped with the initialization)
     return hf_model
 
 
@@ -678,7 +687,7 @@ def _to_llama(model: GPT, config_overrides: dict):
         bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa",
     )
     settings.update(config_overrides)
-    hf_model = LlamaForCausalLM(LlamaConfig(**settings))
+    hf_model = _without_initialization(LlamaForCausalLM, LlamaConfig(**settings))
     ours = model.state_dict()
     converted = {"model.embed_tokens.weight": ours["transformer.wte.weight"],
                  "model.norm.weight": ours["transformer.ln_f.weight"],
