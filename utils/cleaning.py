@@ -196,7 +196,8 @@ _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 def spell_checker(distance: int = 2):
     """One shared pyspellchecker ``SpellChecker`` (loading its dictionary takes ~0.5 s).
 
-    ``distance=1`` is several times faster than the default 2 and catches most typos.
+    ``distance=1`` is far faster than the default 2 (02 measured 0.3 against 80 CPU seconds on the same
+    1,000 messages) and catches most one-letter typos.
     """
     from spellchecker import SpellChecker
 

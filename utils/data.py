@@ -632,7 +632,7 @@ def dataset_card(conversations_by_split: dict[str, list[dict]], sources: list[st
     """A dataset card in Markdown: what the data is, where it came from, under which licence, and its risks.
 
     Writing it down is part of collecting data: whoever trains on it later
-    (including you, in notebook 07) needs to know what it may and may not be used for.
+    (including you, in notebook 08) needs to know what it may and may not be used for.
     """
     everything = [c for rows in conversations_by_split.values() for c in rows]
     stats = conversation_stats(everything)
@@ -659,5 +659,5 @@ def dataset_card(conversations_by_split: dict[str, list[dict]], sources: list[st
     lines += [f"- **{i.name}**: {i.known_issues}" for i in infos]
     lines += ["", "## Intended use", "",
               "Teaching: training and evaluating a small chat model in this course. Not for a product: "
-              "the data is small, informal and unfiltered for toxicity (notebook 07 audits it).", ""]
+              "the data is small, informal and unfiltered for toxicity (notebook 08 audits it).", ""]
     return "\n".join(lines)
