@@ -44,7 +44,8 @@ def _load_note(entry: dict) -> str:
     loads = [x for x in entry.get("load_average") or [] if x is not None]
     cores = re.search(r"(\d+) CPU cores", entry.get("machine", ""))
     if loads and cores and max(loads) > int(cores.group(1)):
-        return f", while other work shared the cores (load average up to {max(loads):g}): expect less"
+        return (f", while other work shared the cores (load average up to {max(loads):g}): "
+                f"expect less on an idle machine")
     return ""
 
 
@@ -61,8 +62,12 @@ def render_block(figures: dict[str, dict], notebooks: list[str]) -> str:
         cells = [figures[p]["notebooks"].get(name) for p in profiles]
         lines.append(f"| {name} | " + " | ".join(format_seconds(s) if s is not None else "not measured"
                                                   for s in cells) + " |")
-    totals = [sum(s for n, s in figures[p]["notebooks"].items() if n in notebooks) for p in profiles]
-    lines += ["| **all** | " + " | ".join(f"**{format_seconds(t)}**" for t in totals) + " |", ""]
+    def total(profile: str) -> str:  # a sum over some notebooks only would read as the whole course's time
+        seconds = figures[profile]["notebooks"]
+        return f"**{format_seconds(sum(seconds[n] for n in notebooks))}**" if all(n in seconds for n in notebooks) \
+            else "not all measured"
+
+    lines += ["| **all** | " + " | ".join(total(p) for p in profiles) + " |", ""]
     lines += [f"`{p}`: measured by `make course` on {figures[p]['machine']}, run finished "
               f"{figures[p]['finished'][:10]}{_load_note(figures[p])}." for p in profiles]
     return "\n".join(lines + [END])
