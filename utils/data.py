@@ -9,7 +9,7 @@ An optional system message comes first; then user and assistant alternate,
 starting with the user. Sources:
 
 - ``load_chitchat``: the embedded ``chitchat-dataset`` (MIT), real human chats, offline.
-- ``load_hub_conversations``: a Hugging Face hub dataset (OpenAssistant oasst1), online only.
+- ``load_hub_conversations``: a Hugging Face hub dataset (OpenAssistant oasst1), online, or a local copy in the hub's formats.
 - ``load_file``: the learner's own ``.jsonl``, ``.json``, ``.csv`` or ``.txt`` file.
 
 Bad input raises ``DataFormatError`` naming the file, the line and the field,
@@ -290,14 +290,24 @@ OASST_COLUMNS = ("message_id", "parent_id", "text", "role", "lang", "rank", "del
 
 
 def load_hub_conversations(name: str = OASST1, max_conversations: int | None = None, lang: str = "en") -> list[dict]:
-    """Download an oasst-shaped message-tree dataset from the hub (online only) and flatten it.
+    """Load an oasst-shaped message-tree dataset (from the hub: online) and flatten it.
 
-    Every split of the hub dataset is read: we make our own split by
+    ``name``: a hub name (downloaded, or read from the hub cache), or a local folder
+    in one of the hub's own formats: a dataset repository's data files (``data/train-*.parquet``,
+    ``.jsonl``, ...) or a folder written by ``datasets``' ``save_to_disk``. The tests run
+    this same function on such folders, offline.
+    Every split of the dataset is read: we make our own split by
     conversation later, the same way for every source.
     """
     import datasets
 
-    hub = datasets.load_dataset(name)
+    name = str(name)  # a Path works too
+    local = Path(name).is_dir()
+    if local and any((Path(name) / marker).exists() for marker in ("dataset_dict.json", "state.json")):
+        saved = datasets.load_from_disk(name)  # save_to_disk's folder, which load_dataset does not read
+        hub = saved if isinstance(saved, datasets.DatasetDict) else {"train": saved}
+    else:
+        hub = datasets.load_dataset(name)
     rows = []
     for split in hub.values():
         missing = {"message_id", "parent_id", "text", "role"} - set(split.column_names)
@@ -306,7 +316,7 @@ def load_hub_conversations(name: str = OASST1, max_conversations: int | None = N
                                           "use a message-tree dataset shaped like OpenAssistant/oasst1"))
         rows += split.select_columns([c for c in OASST_COLUMNS if c in split.column_names]).to_list()
     info = SOURCES.get(name)
-    license = info.license if info else f"see https://huggingface.co/datasets/{name}"
+    license = info.license if info else f"see {name}" if local else f"see https://huggingface.co/datasets/{name}"
     conversations = flatten_message_tree(rows, source=name, license=license, lang=lang)[:max_conversations]
     return [validate_conversation(c, where=name) for c in conversations]
 
