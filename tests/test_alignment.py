@@ -90,3 +90,195 @@ def test_a_loss_fn_weighs_equal_micro_batches_like_one_batch(monkeypatch):
     two = run([(x[:4], y[:4]), (x[4:], y[4:])], 2)
     for a, b in zip(one, two):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- sequence_logprobs and dpo_loss
+
+from utils.alignment import (  # noqa: E402
+    DPOConfig,
+    PreferenceBatches,
+    adapters_disabled,
+    collate_pairs,
+    dpo_loss,
+    pair_rewards,
+    preference_accuracy,
+    reply_kl,
+    sequence_logprobs,
+    train_dpo,
+)
+from utils.finetune import apply_lora  # noqa: E402
+
+
+def llama_model(vocab_size=64, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.llama(vocab_size=vocab_size, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                               mlp_hidden=64)).eval()
+
+
+def test_sequence_logprobs_sums_log_p_of_the_labelled_tokens_after_the_shift():
+    model = llama_model()
+    ids = torch.randint(0, 64, (3, 10))
+    labels = ids.clone()
+    labels[:, :6] = -100  # a prompt of 6 tokens, a reply of 4
+    logps = torch.log_softmax(model(ids)[0], dim=-1)  # (B, T, V)
+    by_hand = torch.stack([sum(logps[b, t - 1, ids[b, t]] for t in range(6, 10)) for b in range(3)])
+    torch.testing.assert_close(sequence_logprobs(model, ids, labels), by_hand)
+    padded = torch.cat([ids, torch.zeros(3, 5, dtype=torch.long)], dim=1)  # right padding, labels -100
+    padded_labels = torch.cat([labels, torch.full((3, 5), -100)], dim=1)
+    torch.testing.assert_close(sequence_logprobs(model, padded, padded_labels), by_hand)
+    unshifted = torch.stack([sum(logps[b, t, ids[b, t]] for t in range(6, 10)) for b in range(3)])
+    assert not torch.allclose(unshifted, by_hand)  # scoring a token by the logits that see it is another number
+
+
+def test_dpo_loss_is_ln2_when_the_policy_is_the_reference_and_falls_as_the_chosen_reply_gains():
+    logps = torch.tensor([-12.0, -30.0])
+    loss, chosen, rejected = dpo_loss(logps, logps - 3, logps, logps - 3, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2)) and torch.equal(chosen, torch.zeros(2))
+    assert torch.equal(rejected, torch.zeros(2))
+    loss2, chosen2, rejected2 = dpo_loss(logps + 2, logps - 3, logps, logps - 3, beta=0.1)
+    torch.testing.assert_close(chosen2, torch.tensor([0.2, 0.2]))
+    assert loss2.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.2))))
+    policy = torch.zeros(2, requires_grad=True)
+    dpo_loss(policy, torch.zeros(2), torch.zeros(2), torch.zeros(2))[0].backward()
+    assert (policy.grad < 0).all()  # descending the loss raises the chosen reply's log-probability
+
+
+# ---------------------------------------------------------------- the same batch in TRL
+
+
+def test_dpo_loss_equals_trls_dpo_trainer_on_the_same_batch(tmp_path):
+    """Our sequence_logprobs + dpo_loss on our GPT == TRL's DPOTrainer.compute_loss on the same weights and batch."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from utils.tokenization import gpt2_reference_tokenizer
+
+    tokenizer = gpt2_reference_tokenizer()
+    policy, reference = llama_model(len(tokenizer), seed=0), llama_model(len(tokenizer), seed=1)
+    with torch.no_grad():  # a reference that differs from the policy everywhere
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    # bf16=False: TRL 1.x defaults to bf16 and accelerate then runs the reference model under bf16 autocast,
+    # even on a CPU (a difference of about 1e-4 in the loss); both sides compute in float32 here.
+    args = trl.DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, beta=0.25,
+                         dataloader_num_workers=0)
+    trainer = trl.DPOTrainer(model=policy.to_hf(), ref_model=reference.to_hf(), args=args,
+                             train_dataset=Dataset.from_list([{"prompt": "Hi", "chosen": " hello", "rejected": " no"}]),
+                             processing_class=tokenizer)
+    examples = [{"prompt_ids": [11, 12, 13], "chosen_ids": [14, 15, 16, 50], "rejected_ids": [17]},
+                {"prompt_ids": [21, 22], "chosen_ids": [23], "rejected_ids": [24, 25, 26, 27, 28]},
+                {"prompt_ids": [31], "chosen_ids": [32, 33], "rejected_ids": [34, 35]}]
+    batch = DataCollatorForPreference(pad_token_id=tokenizer.eos_token_id)(examples)
+    trainer.model.train()  # TRL logs under "train" (dropout is 0 in both models)
+    trl_loss = trainer.compute_loss(trainer.model, batch).item()
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)  # TRL's own labels
+    with torch.no_grad():
+        ours_policy = sequence_logprobs(policy, batch["input_ids"], labels)
+        ours_reference = sequence_logprobs(reference, batch["input_ids"], labels)
+    loss, chosen, rejected = dpo_loss(ours_policy[:3], ours_policy[3:], ours_reference[:3], ours_reference[3:], 0.25)
+    assert abs(loss.item() - trl_loss) < 1e-5, (loss.item(), trl_loss)
+    assert chosen.mean().item() == pytest.approx(logged["rewards/chosen"], abs=1e-5)
+    assert rejected.mean().item() == pytest.approx(logged["rewards/rejected"], abs=1e-5)
+    assert (chosen - rejected).mean().item() == pytest.approx(logged["rewards/margins"], abs=1e-5)
+    assert ours_policy[:3].mean().item() == pytest.approx(logged["logps/chosen"], abs=1e-4)
+    assert abs(loss.item() - math.log(2)) > 1e-3  # a batch where the loss is not the trivial ln 2
+
+
+# ---------------------------------------------------------------- the reference: the policy with adapters off
+
+
+def perturb_adapters(model, scale=0.5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(scale * torch.randn(p.shape, generator=generator))
+
+
+def test_adapters_disabled_gives_the_base_model_without_a_copy():
+    model = llama_model()
+    ids = torch.randint(0, 64, (2, 12))
+    labels = ids.clone()
+    base = sequence_logprobs(model, ids, labels)
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn", "mlp.c_fc"])
+    torch.testing.assert_close(sequence_logprobs(model, ids, labels), base, rtol=0, atol=0)  # B = 0 at the start
+    perturb_adapters(model)
+    policy = sequence_logprobs(model, ids, labels)
+    assert not torch.allclose(policy, base)
+    n_params = sum(p.numel() for p in model.parameters())
+    with adapters_disabled(model):
+        torch.testing.assert_close(sequence_logprobs(model, ids, labels), base, rtol=0, atol=0)
+        assert sum(p.numel() for p in model.parameters()) == n_params  # nothing copied
+    torch.testing.assert_close(sequence_logprobs(model, ids, labels), policy, rtol=0, atol=0)
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for p in lora)  # trainable again after the block
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        with adapters_disabled(llama_model()):
+            pass
+
+
+# ---------------------------------------------------------------- batches, training, measuring
+
+
+def synthetic_pairs(n=6, seed=0):
+    """Pairs of token-id replies after a shared prompt: the chosen reply repeats token 5, the rejected token 9."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = rng.integers(10, 60, size=int(rng.integers(3, 7))).tolist()
+        chosen = [5] * int(rng.integers(2, 5))
+        rejected = [9] * int(rng.integers(2, 5))
+        pairs.append({"chosen_ids": prompt + chosen, "chosen_labels": [-100] * len(prompt) + chosen,
+                      "rejected_ids": prompt + rejected, "rejected_labels": [-100] * len(prompt) + rejected})
+    return pairs
+
+
+def test_collate_pairs_puts_chosen_rows_first_and_masks_padding():
+    pairs = synthetic_pairs(3)
+    ids, labels, mask = collate_pairs(pairs, pad_id=0)
+    assert ids.shape == labels.shape == mask.shape and ids.size(0) == 6
+    for i, pair in enumerate(pairs):
+        n = len(pair["chosen_ids"])
+        assert ids[i, :n].tolist() == pair["chosen_ids"] and int(mask[i].sum()) == n
+        assert (labels[i, n:] == -100).all()
+        assert ids[3 + i, :len(pair["rejected_ids"])].tolist() == pair["rejected_ids"]
+    batch = PreferenceBatches(pairs, pairs[:1], batch_size=2, pad_id=0)("val", np.random.default_rng(0))
+    assert batch[0].size(0) == 4  # two pairs even from a split of one (drawn with replacement)
+
+
+def test_dpo_through_training_train_ranks_the_chosen_replies_first_and_leaves_the_reference_alone():
+    model = llama_model()
+    train_pairs, val_pairs = synthetic_pairs(8, seed=0), synthetic_pairs(4, seed=1)
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+    before = pair_rewards(model, val_pairs, pad_id=0, beta=0.1)
+    assert preference_accuracy(before) == 0.5 and np.all(before.margins == 0)  # policy = reference: all ties
+    with adapters_disabled(model):
+        reference_before = sequence_logprobs(model, *collate_pairs(val_pairs, 0)[:2])
+    cfg = DPOConfig(max_iters=12, batch_size=4, beta=0.1, learning_rate=1e-2, warmup_iters=1, progress=False)
+    metrics, loss_fn = train_dpo(model, PreferenceBatches(train_pairs, val_pairs, 4, pad_id=0), cfg)
+    after = pair_rewards(model, val_pairs, pad_id=0, beta=0.1)
+    assert preference_accuracy(after) == 1.0 and after.margins.min() > 0  # held-out pairs ranked right
+    assert len(loss_fn.history) == 12 and loss_fn.history[-1]["loss"] < math.log(2)
+    assert metrics["val_loss"] < math.log(2) and metrics["iters"] == 12
+    with adapters_disabled(model):
+        torch.testing.assert_close(sequence_logprobs(model, *collate_pairs(val_pairs, 0)[:2]), reference_before)
+
+
+def test_reply_kl_is_zero_for_the_reference_and_the_exact_kl_otherwise():
+    model = llama_model()
+    ids = torch.randint(0, 64, (2, 9))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
+    assert torch.equal(reply_kl(model, ids, labels), torch.zeros(2))
+    perturb_adapters(model, seed=1)
+    kl = reply_kl(model, ids, labels)
+    p = torch.log_softmax(model(ids)[0], -1)
+    with adapters_disabled(model):
+        q = torch.log_softmax(model(ids)[0], -1)
+    by_hand = sum((p[:, t].exp() * (p[:, t] - q[:, t])).sum(-1) for t in range(4, 8))  # predicts tokens 5..8
+    torch.testing.assert_close(kl, by_hand)
+    assert (kl > 0).all()
