@@ -1,6 +1,7 @@
 """The profile's pretrained checkpoint: one shape and budget for 03-06, rebuilt when 04 has not run."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -54,3 +55,39 @@ def test_ensure_pretrained_trains_once_then_loads(tmp_path, capsys):
     again, _ = pretrained.ensure_pretrained(cfg)
     assert "training" not in capsys.readouterr().out
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_only_a_long_pretraining_run_is_rebuilt_short():
+    """ci and cpu rebuild 04's checkpoint in full; gpu (GPT-2 124M) in a short run within the budget."""
+    for name in ("ci", "cpu"):
+        profile = config.PROFILES[name]
+        assert pretrained.rebuild_iters(profile, profile.tokenizer_vocab_size) is None
+    gpu = config.PROFILES["gpu"]
+    iters = pretrained.rebuild_iters(gpu, gpu.tokenizer_vocab_size)
+    assert 1 <= iters < gpu.max_iters / 5
+    assert pretrained.run_flops(gpu, gpu.tokenizer_vocab_size, iters) <= pretrained.REBUILD_FLOPS
+    assert pretrained.run_flops(gpu, gpu.tokenizer_vocab_size, iters + 1) > pretrained.REBUILD_FLOPS
+    short = pretrained.short_train_config(gpu, seed=1, iters=iters)
+    full = pretrained.train_config(gpu, seed=1)
+    assert (short.batch_size, short.grad_accum_steps, short.learning_rate) == (
+        full.batch_size, full.grad_accum_steps, full.learning_rate)
+    assert 1 <= short.warmup_iters < iters and short.eval_interval == short.max_iters == iters
+
+
+def test_a_long_run_is_rebuilt_short_with_a_message_and_04_replaces_it(tmp_path, capsys, monkeypatch):
+    profile = dataclasses.replace(config.PROFILES["ci"], max_conversations=60, tokenizer_vocab_size=300,
+                                  max_iters=8, eval_interval=4, eval_iters=2)
+    cfg = config.CourseConfig(profile=profile, device="cpu", online=False, seed=1,
+                              paths=config.Paths(tmp_path, "ci").make())
+    budget = pretrained.run_flops(profile, 300, iters=3)  # this run "costs" more than 3 steps
+    monkeypatch.setattr(pretrained, "REBUILD_FLOPS", budget)
+    model, tokenizer = pretrained.ensure_pretrained(cfg)
+    out = capsys.readouterr().out
+    assert "a short run of the same model trains instead: 3 steps" in out and "Run notebook 04" in out
+    metrics = json.loads((pretrained.checkpoint_dir(cfg) / "metrics.json").read_text())
+    assert metrics["iters"] == 3 and metrics["short_rebuild"] == {"iters": 3, "full_iters": 8}
+    pretrained.ensure_pretrained(cfg)  # loads it, and says again what it is
+    assert "holds a short run (3 of 8 steps)" in capsys.readouterr().out
+    pretrained.pretrain(cfg)  # what 04 does: the full run replaces it, and the note goes
+    pretrained.ensure_pretrained(cfg)
+    assert "short run" not in capsys.readouterr().out

