@@ -5,6 +5,8 @@
 # make lab    : open JupyterLab at the repo root (ARGS="..." passes options to jupyter lab)
 # make readme-times : rewrite README.md's time table from the last measured make course
 # make browser-test : the widgets in JupyterLab in headless Chromium (installs Chromium with apt-get if missing)
+# make gpu-smoke : every notebook and solution on a CUDA GPU at ci sizes, in a throwaway copy (says so and exits 0 without CUDA)
+# make colab-links REPO=owner/name : point every Colab badge and Colab cell at a fork (BRANCH=... too)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
@@ -13,7 +15,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install course test unit nbval lab chat readme-times browser-test benchmarks clean
+.PHONY: install course test unit nbval lab chat readme-times browser-test benchmarks clean gpu-smoke colab-links
 
 # torch goes first, pinned, so that requirements.txt's range is already met and
 # pip does not fetch a different (multi-GB) build; then everything else.
@@ -58,6 +60,14 @@ browser-test: $(STAMP)
 		{ echo "browser-test needs Chromium and its driver: sudo apt-get install chromium chromium-driver"; exit 1; }
 	@$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/python -m pip install -q -r tests/browser/requirements.txt
 	COURSE_BROWSER_TEST=1 COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+
+# The GPU code paths (CUDA, autocast, GradScaler, torch.compile) at ci sizes; ARGS="--only 04" etc.
+gpu-smoke: $(STAMP)
+	@$(BIN)/python -m utils.gpu_smoke $(ARGS)
+
+# The repository named by every Colab badge and cell (utils/colab.py's REPO); no REPO: the current one
+colab-links: $(STAMP)
+	@$(BIN)/python -m utils.colab_links $(if $(REPO),--repo $(REPO)) $(if $(BRANCH),--branch $(BRANCH))
 
 # Speed and quality against a reference library measured in the same run (minutes; Shakespeare: ~6 min)
 benchmarks: $(STAMP)
