@@ -130,6 +130,7 @@ def pretrain(cfg, callback=None, max_iters: int | None = None) -> dict:
     out = checkpoint_dir(cfg)
     recipe = (train_config(cfg.profile, cfg.seed) if max_iters is None
               else short_train_config(cfg.profile, cfg.seed, max_iters))
+    recipe = dataclasses.replace(recipe, device=cfg.device)  # the course's device, as every notebook's tensors
     start = time.perf_counter()
     metrics = training.train(
         model, train_ids, val_ids, recipe, out,
