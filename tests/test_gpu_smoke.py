@@ -33,8 +33,8 @@ def test_selection_runs_notebooks_in_order_then_their_solutions():
 
 def test_the_workspace_is_a_copy_without_generated_folders_and_with_the_shared_cache(tmp_path):
     root = tmp_path / "course"
-    for folder in ("utils", "notebooks", "data/fixtures", "data/processed/ci", "data/raw", "build/ci",
-                   "checkpoints/ci/pretrained", "checkpoints/smollm2-135m-instruct", "x.egg-info"):
+    for folder in ("utils/__pycache__", "notebooks", "data/fixtures", "data/processed/ci", "data/raw", "build/ci",
+                   "checkpoints/ci/pretrained", "checkpoints/smollm2-135m-instruct", "x.egg-info", "docs/build"):
         (root / folder).mkdir(parents=True)
     (root / "utils" / "config.py").write_text("# the course's code\n")
     (root / "data" / "fixtures" / "chats.jsonl").write_text("{}\n")
@@ -42,7 +42,7 @@ def test_the_workspace_is_a_copy_without_generated_folders_and_with_the_shared_c
     copy = gpu_smoke.make_workspace(root, tmp_path / "smoke" / "course")
     kept = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*"))  # rglob does not enter the link
     assert kept == ["checkpoints", "checkpoints/smollm2-135m-instruct", "data", "data/fixtures",
-                    "data/fixtures/chats.jsonl", "notebooks", "utils", "utils/config.py"]
+                    "data/fixtures/chats.jsonl", "docs", "docs/build", "notebooks", "utils", "utils/config.py"]
     cache = copy / "checkpoints" / "smollm2-135m-instruct"
     assert cache.is_symlink() and (cache / "model.safetensors").read_text() == "weights"
     (copy / "utils" / "config.py").write_text("changed in the copy")  # a fresh copy each run

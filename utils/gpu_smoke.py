@@ -49,8 +49,8 @@ CELL_TIMEOUT_S = 300  # the ci profile's per-cell limit (utils.course)
 FOLDERS = ("notebooks", "solutions")  # run in this order: solutions start from what the notebooks saved
 PARTS = ("paths", "notebooks", "solutions")
 # Generated folders that never go into the copy (the copy makes its own); the rest of the tree does.
-NOT_COPIED = {".git", ".venv", "build", "checkpoints", "processed", "raw", "nltk_data", "__pycache__",
-              ".ipynb_checkpoints", ".pytest_cache", ".whl"}
+NOT_COPIED = {".git", ".venv", ".whl", "build", "checkpoints", "data/processed", "data/raw", "data/nltk_data"}
+NOT_COPIED_ANYWHERE = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
 SHARED_CACHES = ("checkpoints/smollm2-135m-instruct",)  # the same in every run: linked, not rebuilt
 DEVICE_LINE = re.compile(r"profile=(\w+)\s+device=(\S+)")  # what config.load() prints first
 
@@ -85,9 +85,14 @@ def select(root: Path, only: list[str] | None = None, skip: tuple[str, ...] = ()
 def make_workspace(root: Path, dest: Path) -> Path:
     """A fresh copy of the course in ``dest``, without generated folders; shared caches linked."""
     root, dest = Path(root), Path(dest)
+
+    def generated(folder: str, names: list[str]) -> list[str]:
+        where = Path(folder).relative_to(root)
+        return [n for n in names if (where / n).as_posix() in NOT_COPIED or n in NOT_COPIED_ANYWHERE
+                or n.endswith(".egg-info")]
+
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(root, dest, ignore=lambda folder, names: [n for n in names if n in NOT_COPIED
-                                                              or n.endswith(".egg-info")])
+    shutil.copytree(root, dest, ignore=generated)
     for relative in SHARED_CACHES:
         if (root / relative).is_dir():
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
