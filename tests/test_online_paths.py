@@ -263,3 +263,30 @@ def test_load_smollm2_from_a_hub_folder_in_bfloat16(smollm2_folder):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     logits, _ = model(torch.tensor([[1, 5, 9]]))
     assert torch.isfinite(logits).all()
+
+
+def test_06s_gpt2_chat_cell_on_hub_folders(gpt2_folder, tmp_path, private_datasets_cache):
+    """06's gpu-profile cell, step by step, at toy sizes: GPT-2 from the hub fine-tuned on a hub chat dataset."""
+    from transformers import AutoTokenizer
+
+    from utils import finetune as ft
+    from utils import training
+    from utils.chat import add_chat_tokens, encode_dataset
+    from utils.talk import generate_reply
+
+    gpt2_tokenizer = add_chat_tokens(AutoTokenizer.from_pretrained(str(gpt2_folder)))  # 06: "openai-community/gpt2"
+    gpt2 = GPT.from_pretrained(str(gpt2_folder))  # 06: GPT.from_pretrained("gpt2")
+    ft.prepare_chat_model(gpt2, gpt2_tokenizer)
+    assert gpt2.config.vocab_size == len(gpt2_tokenizer) > 50_257  # the chat tokens have rows of their own
+    hub = data.load_hub_conversations(str(write_hub_files(tmp_path / "oasst1", "parquet")))  # 06: the profile's
+    gpt2_train = encode_dataset(gpt2_tokenizer, hub[:2], 64, verbose=False)
+    gpt2_val = encode_dataset(gpt2_tokenizer, hub[2:], 64, verbose=False)
+    gpt2_cfg = training.TrainConfig(batch_size=2, block_size=64, max_iters=2, warmup_iters=1, eval_interval=2,
+                                    eval_iters=1, progress=False, verbose=False, device="cpu", seed=0)
+    before = evaluation.assistant_perplexity(gpt2, gpt2_val, gpt2_tokenizer.pad_token_id)
+    metrics = ft.fine_tune(gpt2, gpt2_tokenizer, gpt2_train, gpt2_val, gpt2_cfg, out_dir=tmp_path / "gpt2_chat")
+    after = evaluation.assistant_perplexity(gpt2, gpt2_val, gpt2_tokenizer.pad_token_id)
+    assert metrics["iters"] == 2 and math.isfinite(before) and math.isfinite(after) and after != before
+    reply = generate_reply(gpt2, gpt2_tokenizer, [{"role": "user", "content": "What is a language model?"}],
+                           max_new_tokens=5, temperature=0.7, generator=torch.Generator(device="cpu").manual_seed(0))
+    assert isinstance(reply, str)
