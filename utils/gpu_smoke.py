@@ -19,7 +19,8 @@ the ``ci`` profile's sizes (seconds per notebook on a CPU):
   they are there (they are the same for every run). Executed notebooks and logs stay in
   ``build/gpu-smoke/`` to read afterwards.
 - **Offline by default**, so every run does the same work; ``--online`` lets the cells
-  that use the hub (in ci sizes: GPT-2's perplexity, ARC-Easy) run too.
+  that need only the hub run too (GPT-2 in 03 and 05, ARC-Easy in 05); cells kept for the
+  ``gpu`` profile itself (06's GPT-2 chat model, 08's GPT-2 probe) do not run at ci sizes.
 
 Options: ``--only 04 05`` (name prefixes, notebooks and solutions), ``--skip paths
 solutions``. The budget is 10 minutes on one GPU; the summary says when a run took longer.
