@@ -276,3 +276,14 @@ def test_fp16_resume_restores_the_grad_scaler(tmp_path):
     train(resumed, TRAIN_IDS, VAL_IDS, tiny_cfg(**base), tmp_path / "stopped", resume=True)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from utils.training import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", local_rank=0) == "cuda:0"
+    with pytest.raises(RuntimeError, match=r"cuda:1 but this machine has 1 GPU.*--nproc_per_node.*--device cpu"):
+        resolve_device("auto", local_rank=1)
+    assert resolve_device("cpu", local_rank=1) == "cpu"

@@ -157,8 +157,8 @@ def rng_state(sampler: np.random.Generator | None = None) -> dict:
         "numpy": json.dumps(np.random.get_state(legacy=False), default=_jsonable),
         "python": json.dumps(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's GPU only: a resume may run on fewer GPUs
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     if sampler is not None:
         state["sampler"] = json.dumps(sampler.bit_generator.state)
     return state
@@ -175,7 +175,7 @@ def _jsonable(value):
 def set_rng_state(state: dict, sampler: np.random.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
     numpy_state = json.loads(state["numpy"])
     np.random.set_state(
         (numpy_state["bit_generator"], np.array(numpy_state["state"]["key"], dtype=np.uint32),

@@ -180,15 +180,23 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str = 
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> str:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{local_rank}"
+    """"auto": this process's GPU (``cuda:<local_rank>``), else Apple's MPS, else the CPU.
+
+    Under torchrun each process takes the GPU of its local rank; with more processes
+    than GPUs that GPU does not exist, so we say so instead of CUDA's "invalid device ordinal".
+    """
+    if name == "auto" and not torch.cuda.is_available():
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if name == "cuda":
-        return f"cuda:{local_rank}"
-    return name
+    if name not in ("auto", "cuda"):
+        return name
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"Process {local_rank} wants cuda:{local_rank} but this machine has {torch.cuda.device_count()} GPU(s): "
+            "start at most that many processes (torchrun --nproc_per_node=N), or pass --device cpu."
+        )
+    return f"cuda:{local_rank}"
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
