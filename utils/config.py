@@ -80,6 +80,7 @@ class Profile:
     dpo_lora_rank: int  # r of each adapter (alpha = 2r)
     dpo_lora_layers: int  # adapt only the last N of SmolLM2's 30 blocks
     dpo_eval_samples: int  # replies per held-out prompt from the DPO model (win rate, refusals, length, KL)
+    dpo_mc_items: int | None  # multiple-choice items scored before and after DPO (utils.multiple_choice); None = all
     # the machine
     progress: bool  # progress bars and running loss prints while training (off in ci: short logs)
     torch_threads: int | None  # torch.set_num_threads for the training notebooks; None = torch's default
@@ -129,6 +130,7 @@ PROFILES = {
         dpo_lora_rank=4,
         dpo_lora_layers=2,
         dpo_eval_samples=1,
+        dpo_mc_items=8,
         progress=False,
         torch_threads=1,  # models this small spend more time syncing 2 threads than computing
     ),
@@ -175,6 +177,7 @@ PROFILES = {
         dpo_lora_rank=8,
         dpo_lora_layers=8,
         dpo_eval_samples=2,
+        dpo_mc_items=None,
         progress=True,
         torch_threads=None,
     ),
@@ -221,6 +224,7 @@ PROFILES = {
         dpo_lora_rank=16,
         dpo_lora_layers=30,
         dpo_eval_samples=4,
+        dpo_mc_items=None,
         progress=True,
         torch_threads=None,
     ),
