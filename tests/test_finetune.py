@@ -302,7 +302,8 @@ def test_prompts_at_first_middle_and_last_turns():
     assert ft.prompt_at(unanswered, "last") == last
     short = CONVERSATIONS[0]
     assert ft.prompt_at(short, "first") == ft.prompt_at(short, "middle") == ft.prompt_at(short, "last")
-    assert ft.evaluation_conversations([short, LONG_CHAT, short, LONG_CHAT], n=1) == [LONG_CHAT]
+    no_reply = [{"role": "user", "content": "anyone there?"}]
+    assert ft.evaluation_conversations([short, no_reply, LONG_CHAT, short, LONG_CHAT], n=1) == [LONG_CHAT]
     with pytest.raises(ValueError, match="position"):
         ft.prompt_at(LONG_CHAT, "end")
 
@@ -327,3 +328,11 @@ def test_a_pretrained_checkpoint_is_refused_with_what_to_do(tokenizer, tmp_path)
         load_chat_model(folder)
     assert str(error.value) == (f"{folder} is a pretrained model without the chat format: fine-tune it in "
                                 f"notebook 06, or pass {folder.parent / 'chat'} (the chat model 06 saves).")
+
+
+def test_people_adherence_counts_the_replies_that_fit_with_their_end(tokenizer):
+    lengths = [len(tokenizer.encode(m["content"], add_special_tokens=False)) + 1 for m in LONG_CHAT[2::2]]
+    limit = lengths[0]  # the first reply (and its <|end|>) just fits
+    shares = ft.people_adherence(tokenizer, [LONG_CHAT], max_new_tokens=limit)
+    assert shares == {position: float(lengths[k] <= limit) for position, k in (("first", 0), ("middle", 2), ("last", 4))}
+    assert ft.people_adherence(tokenizer, [LONG_CHAT], max_new_tokens=1) == {p: 0.0 for p in ft.POSITIONS}

@@ -184,8 +184,34 @@ def refuse_special_text(messages: list[dict], tokens, where: str = "conversation
                     "differently, e.g. '< |end| >')")
 
 
-def _encode_text(tokenizer, text: str) -> list[int]:
-    return list(tokenizer.encode(text, add_special_tokens=False))
+def _content_ids(tokenizer, messages: list[dict]) -> list[list[int]]:
+    """The token ids of each message's text, in one call (a fast tokenizer encodes the batch in Rust)."""
+    encoded = tokenizer([m["content"] for m in messages], add_special_tokens=False)["input_ids"]
+    return [list(ids) for ids in encoded]
+
+
+def _segments(ids_of: dict, messages: list[dict], contents: list[list[int]]) -> tuple[list[int], list[int]]:
+    """``<|role|>`` text ``<|end|>`` per message, and labels that learn only the assistant's text and ``<|end|>``."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for message, content in zip(messages, contents):
+        segment = [ids_of[ROLE_TOKENS[message["role"]]], *content, ids_of[END]]  # <|role|> text <|end|>
+        input_ids += segment
+        if message["role"] == "assistant":
+            labels += [IGNORE_INDEX, *segment[1:]]  # learn the reply and its <|end|>, not the marker
+        else:
+            labels += [IGNORE_INDEX] * len(segment)
+    return input_ids, labels
+
+
+def _check_against_template(tokenizer, messages: list[dict], input_ids: list[int]) -> None:
+    expected = template_ids(tokenizer, messages)
+    if input_ids != expected:
+        raise ChatFormatError(
+            "Encoding the conversation turn by turn gave other ids than tokenizer.apply_chat_template "
+            f"({len(input_ids)} vs {len(expected)} tokens). This tokenizer changes text next to special "
+            "tokens (e.g. add_prefix_space or a normalizer that strips spaces); use a byte-level BPE "
+            "tokenizer such as GPT-2's or the course's, or set tokenizer.chat_template = CHAT_TEMPLATE.")
 
 
 def encode_conversation(tokenizer, messages) -> tuple[list[int], list[int]]:
@@ -204,25 +230,8 @@ def encode_conversation(tokenizer, messages) -> tuple[list[int], list[int]]:
     check this against ``apply_chat_template`` and fail loudly if a tokenizer breaks it.
     """
     messages = validate_chat(messages)
-    ids_of = chat_token_ids(tokenizer)
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for message in messages:
-        content = _encode_text(tokenizer, message["content"])
-        segment = [ids_of[ROLE_TOKENS[message["role"]]], *content, ids_of[END]]  # <|role|> text <|end|>
-        input_ids += segment
-        if message["role"] == "assistant":
-            labels += [IGNORE_INDEX, *segment[1:]]  # learn the reply and its <|end|>, not the marker
-        else:
-            labels += [IGNORE_INDEX] * len(segment)
-
-    expected = template_ids(tokenizer, messages)
-    if input_ids != expected:
-        raise ChatFormatError(
-            "Encoding the conversation turn by turn gave other ids than tokenizer.apply_chat_template "
-            f"({len(input_ids)} vs {len(expected)} tokens). This tokenizer changes text next to special "
-            "tokens (e.g. add_prefix_space or a normalizer that strips spaces); use a byte-level BPE "
-            "tokenizer such as GPT-2's or the course's, or set tokenizer.chat_template = CHAT_TEMPLATE.")
+    input_ids, labels = _segments(chat_token_ids(tokenizer), messages, _content_ids(tokenizer, messages))
+    _check_against_template(tokenizer, messages, input_ids)
     return input_ids, labels
 
 
@@ -313,6 +322,39 @@ def turn_pairs(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
     return system, pairs
 
 
+def _window_indices(messages: list[dict], contents: list[list[int]], max_length: int):
+    """``(windows, dropped)``: each window the message indices of the system message and consecutive pairs."""
+    system, pairs = turn_pairs(messages)
+    cost = [2 + len(content) for content in contents]  # <|role|> + text + <|end|> per message
+    first = len(system)  # index of the first pair's user message
+    room = max_length - sum(cost[:first])  # tokens left for pairs in every window
+    windows: list[list[int]] = []
+    dropped: list[str] = []
+    current: list[int] = []
+    used = 0
+    for k in range(len(pairs)):
+        at = first + 2 * k  # the pair is messages[at], messages[at + 1]
+        pair_cost = cost[at] + cost[at + 1]
+        if pair_cost > room:  # even alone this pair does not fit
+            dropped.append(f"messages[{at}..{at + 1}] take {pair_cost} tokens (with the system message "
+                           f"{pair_cost + max_length - room}), more than max_length={max_length}")
+            continue
+        if used + pair_cost > room:  # the window is full: close it, start the next with this pair
+            windows.append(list(range(first)) + current)
+            current, used = [], 0
+        current += [at, at + 1]
+        used += pair_cost
+    if current:
+        windows.append(list(range(first)) + current)
+    if not windows:
+        need = max_length - room + min(cost[first + 2 * k] + cost[first + 2 * k + 1] for k in range(len(pairs)))
+        raise ChatFormatError(
+            f"the system message and the shortest user/assistant pair take {need} tokens, more than "
+            f"max_length={max_length}. To fix: raise max_length (up to the model's block_size), shorten "
+            "those messages, or leave the conversation out (encode_dataset(..., on_too_long='skip'))")
+    return windows, dropped
+
+
 def conversation_windows(tokenizer, messages, max_length: int) -> tuple[list[list[dict]], list[str]]:
     """Cut a conversation into windows of whole turns of at most ``max_length`` tokens: ``(windows, dropped)``.
 
@@ -327,38 +369,8 @@ def conversation_windows(tokenizer, messages, max_length: int) -> tuple[list[lis
     """
     messages = validate_chat(messages)
     chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens yet
-    system, pairs = turn_pairs(messages)
-
-    def length(message_list: list[dict]) -> int:  # <|role|> + text + <|end|> per message
-        return sum(2 + len(_encode_text(tokenizer, m["content"])) for m in message_list)
-
-    room = max_length - length(system)  # tokens left for pairs in every window
-    windows: list[list[dict]] = []
-    dropped: list[str] = []
-    current: list[dict] = []
-    used = 0
-    first = len(system)  # index of the pair's user message in ``messages``
-    for k, pair in enumerate(pairs):
-        cost = length(pair)
-        if cost > room:  # even alone this pair does not fit
-            at = first + 2 * k
-            dropped.append(f"messages[{at}..{at + 1}] take {cost} tokens (with the system message "
-                           f"{cost + max_length - room}), more than max_length={max_length}")
-            continue
-        if used + cost > room:  # the window is full: close it, start the next with this pair
-            windows.append(system + current)
-            current, used = [], 0
-        current += pair
-        used += cost
-    if current:
-        windows.append(system + current)
-    if not windows:
-        need = length(system) + min(length(pair) for pair in pairs)
-        raise ChatFormatError(
-            f"the system message and the shortest user/assistant pair take {need} tokens, more than "
-            f"max_length={max_length}. To fix: raise max_length (up to the model's block_size), shorten "
-            "those messages, or leave the conversation out (encode_dataset(..., on_too_long='skip'))")
-    return windows, dropped
+    windows, dropped = _window_indices(messages, _content_ids(tokenizer, messages), max_length)
+    return [[messages[i] for i in window] for window in windows], dropped
 
 
 def encode_dataset(tokenizer, conversations: Sequence, max_length: int,
@@ -379,15 +391,19 @@ def encode_dataset(tokenizer, conversations: Sequence, max_length: int,
         raise ValueError(f"on_too_long={on_too_long!r}; use 'skip' or 'error'.")
     if max_length < 4:
         raise ValueError(f"max_length={max_length} cannot hold even one user/assistant pair (4 chat tokens).")
+    ids_of = chat_token_ids(tokenizer)  # a clear error when the tokenizer has no chat tokens yet
     dataset = ChatDataset(max_length=max_length)
     for index, conversation in enumerate(conversations):
         try:
             messages = validate_chat(conversation, where=f"conversation {index}")
-            windows, dropped = conversation_windows(tokenizer, messages, max_length)
+            contents = _content_ids(tokenizer, messages)  # each message's text encoded once
+            _check_against_template(tokenizer, messages, _segments(ids_of, messages, contents)[0])
+            windows, dropped = _window_indices(messages, contents, max_length)
             if dropped and on_too_long == "error":
                 raise ChatFormatError(f"{dropped[0]}. To fix: raise max_length (up to the model's block_size), "
                                       "shorten the messages, or use on_too_long='skip' to leave such pairs out")
-            examples = [ChatExample(*encode_conversation(tokenizer, window)) for window in windows]
+            examples = [ChatExample(*_segments(ids_of, [messages[i] for i in window], [contents[i] for i in window]))
+                        for window in windows]
         except ChatFormatError as error:
             if on_too_long == "error":
                 raise ChatFormatError(f"conversation {index}: {error}") from None

@@ -274,15 +274,26 @@ def prompt_at(messages, position: str) -> list[dict]:
     if position not in POSITIONS:
         raise ValueError(f"prompt_at: position={position!r}; use one of {POSITIONS}.")
     system, pairs = turn_pairs(validate_chat(messages))
-    k = {"first": 0, "middle": len(pairs) // 2, "last": len(pairs) - 1}[position]
+    k = _pair_at(pairs, position)
     return system + [m for pair in pairs[:k] for m in pair] + [pairs[k][0]]
 
 
+def _pair_at(pairs: list, position: str) -> int:
+    return {"first": 0, "middle": len(pairs) // 2, "last": len(pairs) - 1}[position]
+
+
 def evaluation_conversations(conversations, n: int, min_pairs: int = 3) -> list:
-    """The first ``n`` conversations with at least ``min_pairs`` answered user turns (first, middle, last differ)."""
+    """The first ``n`` conversations with at least ``min_pairs`` answered user turns (first, middle, last differ).
+
+    Conversations that cannot be a chat example (``validate_chat`` refuses them) are passed over.
+    """
     chosen = []
     for conversation in conversations:
-        if len(turn_pairs(validate_chat(conversation))[1]) >= min_pairs:
+        try:
+            pairs = turn_pairs(validate_chat(conversation))[1]
+        except ChatFormatError:
+            continue
+        if len(pairs) >= min_pairs:
             chosen.append(conversation)
             if len(chosen) == n:
                 break
@@ -313,6 +324,24 @@ def format_adherence_by_position(model, tokenizer, conversations, max_new_tokens
         if not ended:
             raise ValueError(f"format_adherence_by_position: no {position}-turn prompt fits the model's context.")
         shares[position] = sum(ended) / len(ended)
+    return shares
+
+
+def people_adherence(tokenizer, conversations, max_new_tokens: int = 32) -> dict[str, float]:
+    """Per position: the share of the people's own replies that fit in ``max_new_tokens`` with their ``<|end|>``.
+
+    The reference for ``format_adherence_by_position``: a model that wrote exactly like the
+    people in the data would end its turn in time this often. A model can score higher by
+    writing shorter replies than people do, so read both together.
+    """
+    shares = {}
+    for position in POSITIONS:
+        fits = []
+        for conversation in conversations:
+            pairs = turn_pairs(validate_chat(conversation))[1]
+            reply = pairs[_pair_at(pairs, position)][1]["content"]  # what the person answered there
+            fits.append(len(tokenizer.encode(reply, add_special_tokens=False)) + 1 <= max_new_tokens)
+        shares[position] = sum(fits) / len(fits)
     return shares
 
 
