@@ -250,11 +250,15 @@ def test_moderate_masks_pii_in_an_accepted_reply():
     assert result.reply == "Write to <EMAIL>." and result.pii_masked == 1 and not result.refused
 
 
-def test_is_refusal_reads_the_opening_only():
+def test_is_refusal_reads_the_first_sentence_only():
     for reply in ["I'm sorry, but I can't help with that.", "I cannot do that.", "As an AI, I don't insult people.",
-                  "  Sorry, I won't.", "I can't assist with this request.", "I am unable to share that."]:
+                  "  Sorry, I won't do that.", "I can't assist with this request.", "I am unable to share that.",
+                  "I apologize, but I won't write that.",
+                  "I'm sorry for the confusion, but as a card reader I'm not designed to give numbers.",
+                  "Well, as a helpful assistant I stay polite."]:
         assert is_refusal(reply), reply
-    for reply in ["Sure! Here is a poem.", "Boil it for 7 minutes. I can't wait to hear how it goes.",
+    for reply in ["Sure! Here is a poem.", "Boil it for 7 minutes. I can't help with the rest.", "I can't wait!",
+                  "Sorry I'm late, the bus was slow.", "I'm sorry to hear that, but here is a poem.",
                   "You can kill a process with kill -9.", ""]:
         assert not is_refusal(reply), reply
 

@@ -603,8 +603,9 @@ def chat_generate_fn(model, tokenizer, max_new_tokens: int = 48, temperature: fl
     (the course's format, or SmolLM2's own) with the generation prompt; ``GPT.generate``
     writes until the first special token (``<|end|>``, ``<|im_end|>``, ...). Prompts of the same
     token length go through ``generate`` together, one batch: our GPT has no padding mask,
-    so the rows of a batch must be equally long, and on a CPU a batch of 16 costs little more
-    than one row. A prompt too long for a small model's context keeps its last tokens
+    so the rows of a batch must be equally long, and a batch costs far less than its rows one
+    by one (each step reads the weights once for all of them). A prompt too long for a small
+    model's context keeps its last tokens
     (moderation still scores the whole prompt). ``generator``: on the model's device.
     """
     from utils.chat import prompt_budget, template_ids
@@ -651,16 +652,24 @@ def chat_generate_fn(model, tokenizer, max_new_tokens: int = 48, temperature: fl
     return generate
 
 
-# The openings of a model's own refusal ("I'm sorry, but I can't ..."). A rough rule: it reads
-# the first sentence only and knows a few English phrasings; print the replies to check it.
+# A model's own refusal, in its first sentence: an apology, then "but as a.../but my.../but I
+# can't..." ("I'm sorry for the confusion, but as a..."), "as an AI / assistant", or "I can't /
+# am not able to / am not designed to" with a verb of helping. A rough rule: English only, a few phrasings, and "I can't wait!" or
+# "Sorry I'm late" are not refusals. Print the replies to check it.
 _REFUSAL = re.compile(
-    r"^\W*(?:(?:I'?m|I am) (?:sorry|afraid|unable|not able)|I (?:can ?not|can'?t|won'?t|will not|must decline)"
-    r"|(?:Sorry|Unfortunately|As an AI)\b)", re.IGNORECASE)
+    r"\b(?:I'm|I am|I) (?:sorry|afraid|apologi[sz]e)\b[^.!?]*\bbut,? (?:as an?\b|my\b"
+    r"|I (?:can|cannot|can't|won't|will not|am not|'m not|don't|do not)\b)"
+    r"|\bas an? (?:helpful )?(?:AI|assistant|language model)\b"
+    r"|\bI (?:can ?not|can'?t|won'?t|will not|must decline to|(?:am|'m) (?:unable|not able|not designed) to) "
+    r"(?:help|assist|provide|do|fulfil+|comply|answer|write|create|generate|engage|share|give|say|tell|use|insult"
+    r"|curse|swear|make|repeat|pretend|role-?play|translate|spell|list|complete|finish)\b",
+    re.IGNORECASE)
+_FIRST_SENTENCE = re.compile(r"^[^.!?\n]*[.!?\n]?")
 
 
 def is_refusal(reply: str) -> bool:
-    """True when ``reply`` opens like a refusal ("I'm sorry, but...", "I can't ...", "As an AI ...")."""
-    return bool(_REFUSAL.match(reply.strip()))
+    """True when the first sentence of ``reply`` refuses ("I'm sorry, but...", "I can't help with that")."""
+    return bool(_REFUSAL.search(_FIRST_SENTENCE.match(reply.strip()).group(0)))
 
 
 @dataclass
