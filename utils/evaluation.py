@@ -171,9 +171,11 @@ def token_losses(
     Returns a float64 array of ``len(token_ids) - 1`` values (the first token has no
     context). Texts longer than ``block_size`` (default: the model's) are cut into
     sliding windows that move by ``stride`` tokens (default: block_size, i.e. side by
-    side). A smaller stride gives every token more context (a better, slower estimate);
-    each token is still scored exactly once. Sort the result to see which tokens are
-    hard. The model runs in eval mode (no dropout) and is put back as it was.
+    side). A smaller stride gives the tokens at the start of each window more context,
+    at about block_size / stride times the work; whether that lowers the figure depends
+    on how much the model uses its context. Each token is still scored exactly once.
+    Sort the result to see which tokens are hard. The model runs in eval mode (no
+    dropout) and is put back as it was.
     ``batch_size`` windows run at once: their logits take batch x block x vocab x 4
     bytes (1.6 GB for GPT-2 at 8 x 1024 x 50,257), so lower it when memory is short.
     """
