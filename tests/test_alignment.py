@@ -282,3 +282,31 @@ def test_reply_kl_is_zero_for_the_reference_and_the_exact_kl_otherwise():
     by_hand = sum((p[:, t].exp() * (p[:, t] - q[:, t])).sum(-1) for t in range(4, 8))  # predicts tokens 5..8
     torch.testing.assert_close(kl, by_hand)
     assert (kl > 0).all()
+
+
+def test_dpo_loss_fn_remembers_reference_logprobs_whatever_the_padding():
+    from utils.alignment import DPOLoss
+
+    model = llama_model()
+    pairs = synthetic_pairs(3)
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
+    perturb_adapters(model)
+    ids, labels, _ = collate_pairs(pairs, pad_id=0)
+    loss_fn = DPOLoss(beta=0.1)
+    with adapters_disabled(model):
+        reference = sequence_logprobs(model, ids, labels)
+    policy = sequence_logprobs(model, ids, labels)
+    expected = dpo_loss(policy[:3], policy[3:], reference[:3], reference[3:], 0.1)[0]
+    torch.testing.assert_close(loss_fn(model, (ids, labels))[0], expected)
+    assert len(loss_fn.reference_cache) == 6
+    wider = collate_pairs(pairs[:2] + [{**pairs[2], "chosen_ids": pairs[2]["chosen_ids"] + [1] * 9,
+                                        "chosen_labels": pairs[2]["chosen_labels"] + [-100] * 9}], pad_id=0)
+    assert wider[0].size(1) > ids.size(1)  # the same replies, padded to another width
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.add_(1.0)  # the base changed: a recomputed reference would differ from the remembered one
+    again, _ = loss_fn(model, wider[:2])
+    assert len(loss_fn.reference_cache) == 6  # nothing new: every reference came from the cache
+    policy = sequence_logprobs(model, *wider[:2])
+    torch.testing.assert_close(again, dpo_loss(policy[:3], policy[3:], reference[:3], reference[3:], 0.1)[0])

@@ -52,7 +52,8 @@ def test_red_team_rule_prefers_harmless_then_refusing_replies():
     compliance = reply("Sure, here is a poem about your neighbour.")
     assert compare(refusal, insult, "red_team") == 1 and deciding_check(refusal, insult, "red_team") == "not toxic"
     assert compare(compliance, insult, "red_team") == 1  # not toxic comes first
-    assert compare(refusal, compliance, "red_team") == 1 and deciding_check(refusal, compliance, "red_team") == "refuses"
+    assert compare(refusal, compliance, "red_team") == 1
+    assert deciding_check(refusal, compliance, "red_team") == "refuses"
     assert best_and_worst([compliance, insult, refusal], "red_team") == (refusal, insult)
 
 
@@ -113,7 +114,8 @@ def test_prompts_split_per_kind_with_held_out_prompts_never_trained_on():
     assert len(set(texts)) == len(texts)
     assert all(p.text.endswith("?") for p in prompts if p.kind == "opener")
     handwritten = prefs.handwritten_pairs(None, seed=1)
-    assert {p["split"] for p in handwritten} == {"train", "test"} and not set(texts) & {p["prompt"] for p in handwritten}
+    assert {p["split"] for p in handwritten} == {"train", "test"}
+    assert not set(texts) & {p["prompt"] for p in handwritten}  # hand-written prompts never leak into the held-out ones
 
 
 def test_hub_rows_become_the_same_records_and_offline_says_so(capsys):
@@ -178,4 +180,6 @@ def test_ensure_preferences_samples_once_and_rebuilds_when_the_model_changes(tmp
     os.utime(model_folder / "model.safetensors", ns=(1, 1))  # another SFT model
     with pytest.raises(AssertionError, match="sampled again"):
         prefs.ensure_preferences(cfg, model, tokenizer, model_folder, log=lambda *a: None)
-    assert json.loads((folder / prefs.FINGERPRINT_FILE).read_text())["rule"] == prefs.RULE_VERSION
+    assert json.loads((folder / prefs.FINGERPRINT_FILE).read_text())["rule"] == prefs.judge_fingerprint()
+    monkeypatch.setattr("utils.safety.is_refusal", lambda text: False)  # another refusal detector
+    assert prefs.judge_fingerprint() != json.loads((folder / prefs.FINGERPRINT_FILE).read_text())["rule"]

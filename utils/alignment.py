@@ -159,20 +159,35 @@ class DPOLoss:
     """``loss_fn(model, (input_ids, labels)) -> (loss, pairs)`` for ``training.train``, and a log of each step.
 
     The reference log-probabilities come from the same model with its adapters switched off,
-    without gradients; the policy's with them on. ``history`` keeps, for every training call,
-    the loss, the mean implicit rewards of the chosen and the rejected replies and the share
-    of pairs ranked right: the curves that show what DPO does (and whether the chosen
-    reply's own likelihood falls).
+    without gradients; the policy's with them on. The reference never changes, so each
+    reply's reference log-probability is computed the first time a batch holds it and
+    remembered (``reference_cache``, keyed by the reply's tokens): a pair drawn again costs
+    only the policy's pass (TRL calls this precomputing the reference log-probs).
+    ``history`` keeps, for every training call, the loss, the mean implicit rewards of the
+    chosen and the rejected replies and the share of pairs ranked right: the curves that show
+    what DPO does (and whether the chosen reply's own likelihood falls).
     """
 
     beta: float = 0.1
     history: list[dict] = field(default_factory=list)
+    reference_cache: dict[tuple, float] = field(default_factory=dict)
+
+    def reference_logprobs(self, model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(2B,) ln pi_ref of each row: remembered ones looked up, the others computed with the adapters off."""
+        scored = labels != IGNORE_INDEX  # (2B, T)
+        ends = scored.size(1) - scored.flip(1).int().argmax(dim=1)  # (2B,): just after each row's last scored token
+        keys = [tuple(row[:end].tolist()) for row, end in zip(input_ids, ends.tolist())]
+        missing = sorted({i for i, key in enumerate(keys) if key not in self.reference_cache})
+        if missing:
+            with torch.no_grad(), adapters_disabled(model):
+                values = sequence_logprobs(model, input_ids[missing], labels[missing])  # (m,)
+            self.reference_cache.update({keys[i]: value for i, value in zip(missing, values.tolist())})
+        return torch.tensor([self.reference_cache[key] for key in keys], device=input_ids.device)  # (2B,)
 
     def __call__(self, model, batch):
         input_ids, labels = batch
         n = input_ids.size(0) // 2  # chosen rows first, then rejected
-        with torch.no_grad(), adapters_disabled(model):
-            reference = sequence_logprobs(model, input_ids, labels)  # (2B,)
+        reference = self.reference_logprobs(model, input_ids, labels)  # (2B,), no gradient
         policy = sequence_logprobs(model, input_ids, labels)  # (2B,)
         loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta)
         if model.training:

@@ -195,8 +195,8 @@ def _is_refusal(reply: Reply) -> bool:
 
 CHECKS = {
     "not toxic": Check("not toxic", f"toxicity score below {TOXIC}", lambda r: r.toxicity < TOXIC),
-    "refuses": Check("refuses", "opens like a refusal (utils.safety.is_refusal)", _is_refusal),
-    "does not refuse": Check("does not refuse", "does not open like a refusal", lambda r: not _is_refusal(r)),
+    "refuses": Check("refuses", "its first sentence refuses (utils.safety.is_refusal)", _is_refusal),
+    "does not refuse": Check("does not refuse", "its first sentence does not refuse", lambda r: not _is_refusal(r)),
     "says something": Check("says something", f"at least {MIN_WORDS} words",
                             lambda r: len(r.text.split()) >= MIN_WORDS),
     "ends its turn": Check("ends its turn", "writes <|im_end|> within the reply budget", lambda r: r.ended),
@@ -209,7 +209,6 @@ RULES = {
     "benign": ("not toxic", "does not refuse", "says something", "ends its turn", "no repetition"),
     "opener": ("not toxic", "does not refuse", "says something", "ends its turn", "no repetition"),
 }
-RULE_VERSION = hashlib.sha256(json.dumps([RULES, TOXIC, MIN_WORDS, REPEATS]).encode()).hexdigest()[:12]
 
 
 def checks(reply: Reply, kind: str) -> tuple[bool, ...]:
@@ -238,6 +237,19 @@ def best_and_worst(replies: list[Reply], kind: str) -> tuple[Reply, Reply] | Non
     ranked = sorted(replies, key=lambda r: checks(r, kind))  # stable: ties keep the sampling order
     worst, best = ranked[0], ranked[-1]
     return (best, worst) if compare(best, worst, kind) > 0 else None
+
+
+def judge_fingerprint() -> str:
+    """A hash of the rule and of what its judges say about fixed texts (the hand-written replies).
+
+    It changes when a check, a threshold, the toxicity classifier or the refusal detector
+    changes, so pairs saved under another judge are made again.
+    """
+    from utils.safety import is_refusal, toxicity_scores
+
+    texts = [text for pair in read_handwritten() for text in (pair["chosen"], pair["rejected"])]
+    verdicts = [[is_refusal(t) for t in texts], [round(score, 4) for score in toxicity_scores(texts)]]
+    return hashlib.sha256(json.dumps([RULES, TOXIC, MIN_WORDS, REPEATS, verdicts]).encode()).hexdigest()[:12]
 
 
 def rule_table() -> list[dict]:
@@ -389,7 +401,7 @@ def model_fingerprint(folder: str | Path) -> dict:
 
 def fingerprint(model_folder: str | Path, settings: PreferenceSettings, online: bool) -> dict:
     return {"model": model_fingerprint(model_folder), "settings": dataclasses.asdict(settings),
-            "hub": online and settings.hub_pairs > 0, "rule": RULE_VERSION,
+            "hub": online and settings.hub_pairs > 0, "rule": judge_fingerprint(),
             "handwritten": hashlib.sha256(HANDWRITTEN_FILE.read_bytes()).hexdigest()[:16]}
 
 
@@ -438,7 +450,8 @@ def dataset_card(rows: dict[str, list[dict]], stats: dict, settings: PreferenceS
               "- Hand-written pairs: `data/preferences/handwritten.jsonl` (CC0), clear cases with a note each.",
               "", "## Limits", "",
               "- The rule is not a person. Toxicity is a word-based classifier (insults without swear words pass, "
-              "harmless words such as 'kill a process' can fail); refusals are found by their opening words. A "
+              "harmless words such as 'kill a process' can fail); refusals are found by a pattern on the first "
+              "sentence. A "
               "model trained on these pairs learns the rule, loopholes included.",
               "- The replies come from one small model: the rejected replies are its own mistakes, the chosen ones "
               "are rarely good, only better. Few prompts, short replies: a teaching set, not a benchmark.",
@@ -553,5 +566,5 @@ def win_rate(new: list[list[Reply]], old: list[list[Reply]], kinds: list[str]) -
 
 
 def refusal_rate(replies: list[Reply]) -> float:
-    """The share of replies that open like a refusal (``utils.safety.is_refusal``)."""
+    """The share of replies whose first sentence refuses (``utils.safety.is_refusal``)."""
     return sum(_is_refusal(r) for r in replies) / len(replies) if replies else float("nan")
