@@ -17,6 +17,7 @@ import torch
 from utils.chat_spans import IGNORE_INDEX, ChatSpanError, encode_chat
 from utils.identity_data import (
     FACTS_FILE,
+    GENERAL_FILE,
     HELDOUT_FILE,
     SMOLLM2_SYSTEM_PROMPT,
     SYSTEM_PROMPT,
@@ -30,6 +31,7 @@ from utils.identity_data import (
     load_questions,
     neutral_template,
     reference_conversations,
+    training_conversations,
     with_system,
 )
 from utils.model import GPT, GPTConfig
@@ -79,7 +81,7 @@ MULTI_TURN = [
 
 
 def test_input_ids_equal_apply_chat_template_for_every_conversation(tokenizer, raw_tokenizer):
-    conversations = load_conversations() + reference_conversations(load_questions())
+    conversations = training_conversations() + reference_conversations(load_questions())
     for messages in conversations:
         messages = with_system(messages)
         ids, labels = encode_chat(tokenizer, messages)
@@ -139,8 +141,10 @@ def normalized(text: str) -> str:
 
 def test_data_files_are_valid_and_held_out_questions_are_new():
     conversations, heldout, facts = load_conversations(), load_questions(HELDOUT_FILE), load_questions(FACTS_FILE)
+    general = load_conversations(GENERAL_FILE)
     assert 40 <= len(conversations) <= 80 and len(heldout) >= 20 and len(facts) >= 20
-    trained = {normalized(q) for q in user_questions(conversations)}
+    assert training_conversations() == conversations + general
+    trained = {normalized(q) for q in user_questions(conversations + general)}
     for question in heldout + facts:
         assert normalized(question.question) not in trained, question.question
     assert len({normalized(q.question) for q in heldout + facts}) == len(heldout) + len(facts)  # no duplicates

@@ -38,16 +38,15 @@ from utils.identity_data import (
     FACTS_FILE,
     HELDOUT_FILE,
     SYSTEM_PROMPT,
-    TRAIN_FILE,
     ChatBatches,
     Identity,
     Question,
     encode_all,
     is_correct,
-    load_conversations,
     load_questions,
     neutral_template,
     reference_conversations,
+    training_conversations,
     with_system,
 )
 from utils.io import write_json_atomically
@@ -281,7 +280,7 @@ def make_it_yours(cfg, identity: Identity = Identity(), measure: bool = True, ou
         log(f"Before: asking {len(heldout)} identity and {len(facts)} factual questions ...")
         report["before"] = {"identity": evaluate(model, tokenizer, heldout, icfg.max_new_tokens),
                             "facts": evaluate(model, tokenizer, facts, icfg.max_new_tokens)}
-    batches = make_batches(tokenizer, load_conversations(TRAIN_FILE, identity),
+    batches = make_batches(tokenizer, training_conversations(identity),
                            reference_conversations(heldout), icfg.batch_size)
     add_lora(model, icfg)
     report["trainable_parameters"], report["parameters"] = trainable_parameters(model)

@@ -4,6 +4,9 @@
   ``data/identity/`` are templates: ``{name}`` and ``{maker}`` are filled in from it.
 - ``train.jsonl``: short conversations about the name, the maker, what the model can and
   cannot do (the course's message schema).
+- ``general.jsonl``: everyday questions with plain answers, trained on alongside: without
+  them the model learns that *every* reply starts with "I'm Pip" ("What is the capital of
+  Germany?" "I'm Pip."). None of them is among the factual test questions.
 - ``heldout.jsonl``: other questions about the same facts, phrased differently and never
   trained on, each with what a correct reply must contain; their reference replies give
   the validation loss.
@@ -31,6 +34,7 @@ from utils.io import read_jsonl
 
 DATA_DIR = REPO_ROOT / "data" / "identity"
 TRAIN_FILE = DATA_DIR / "train.jsonl"
+GENERAL_FILE = DATA_DIR / "general.jsonl"
 HELDOUT_FILE = DATA_DIR / "heldout.jsonl"
 FACTS_FILE = DATA_DIR / "facts.jsonl"
 
@@ -163,6 +167,11 @@ def load_questions(path: str | Path = HELDOUT_FILE, identity: Identity = Identit
     if not questions:
         raise ValueError(f"{path}: no questions; write one per line.")
     return questions
+
+
+def training_conversations(identity: Identity = Identity()) -> list[list[dict]]:
+    """The identity conversations followed by the general ones: what the model is fine-tuned on."""
+    return load_conversations(TRAIN_FILE, identity) + load_conversations(GENERAL_FILE, identity)
 
 
 def reference_conversations(questions: list[Question]) -> list[list[dict]]:
