@@ -248,16 +248,19 @@ def test_length_buckets_draw_every_example_equally_often_with_little_padding(tok
 # --------------------------------------------------------------------------- training, answering, saving
 
 
-def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(tokenizer, one_thread):
+@pytest.mark.parametrize("lora_layers", [1, 3])  # 1 of 3: on cached states (TopBlocks); 3: the whole GPT
+def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(tokenizer, one_thread, lora_layers):
     from utils.finetune import merge_lora
     from utils.identity import IdentityConfig, add_lora, fine_tune, make_batches
 
     model = tiny_gpt(len(tokenizer), n_layer=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    recipe = IdentityConfig(max_iters=2, batch_size=2, lora_rank=2, lora_alpha=4, lora_layers=1, progress=False)
+    recipe = IdentityConfig(max_iters=2, batch_size=2, lora_rank=2, lora_alpha=4, lora_layers=lora_layers,
+                            progress=False)
     add_lora(model, recipe)
     adapted = {name.split(".lora_")[0] for name, p in model.named_parameters() if p.requires_grad}
-    assert adapted and all(name.startswith("transformer.h.2.") for name in adapted)
+    blocks = tuple(f"transformer.h.{i}." for i in range(3 - lora_layers, 3))
+    assert adapted and all(name.startswith(blocks) for name in adapted)
     batches = make_batches(tokenizer, load_conversations()[:6], reference_conversations(load_questions()[:4]), 2)
     metrics = fine_tune(model, batches, recipe)
     assert metrics["iters"] == 2 and np.isfinite(metrics["train_loss"]) and metrics["seconds"] > 0
@@ -265,8 +268,41 @@ def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(token
     assert all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it moved
     merge_lora(model)
     after = model.state_dict()
-    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith("transformer.h.2."))
+    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith(blocks))
     assert not torch.equal(after["transformer.h.2.attn.c_attn.weight"], before["transformer.h.2.attn.c_attn.weight"])
+
+
+@pytest.mark.parametrize("layout", ["llama", "gpt2"])
+def test_top_blocks_on_cached_states_give_the_whole_models_loss_and_gradients(tokenizer, one_thread, layout):
+    from utils.finetune import apply_lora
+    from utils.identity import lora_targets
+    from utils.top_blocks import TopBlocks, block_inputs
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=len(tokenizer), block_size=128, n_layer=4, n_head=4, n_embd=32, dropout=0.0)
+    model = GPT(GPTConfig.llama(n_kv_head=2, mlp_hidden=64, **shape) if layout == "llama" else GPTConfig(**shape))
+    apply_lora(model, r=2, alpha=4, target_modules=lora_targets(model, 2))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # B starts at zero; make the adapters do something
+    examples = encode_all(tokenizer, load_conversations()[:5])
+    batches = ChatBatches(examples, examples, batch_size=3, pad_id=tokenizer.pad_token_id)
+    x, y, _ = batches("train", np.random.default_rng(0))
+    top = TopBlocks(model, 2)
+    states = {s: block_inputs(model, [ids[:-1] for ids, _ in examples], top.first) for s in ("train", "val")}
+    h, y2, _ = batches.with_states(states)("train", np.random.default_rng(0))
+    assert torch.equal(y, y2) and h.shape == (*x.shape, 32)
+
+    def loss_and_grads(module, inputs):
+        module.zero_grad()
+        _, loss = module(inputs, y)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    whole, whole_grads = loss_and_grads(model, x)
+    cached, cached_grads = loss_and_grads(top, h)
+    assert cached == pytest.approx(whole, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_grads, cached_grads))
 
 
 def test_answers_of_same_length_prompts_in_one_batch_equal_one_at_a_time(tokenizer, one_thread):

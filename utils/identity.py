@@ -7,7 +7,8 @@ The recipe, every step a function the notebook shows:
 2. ``evaluate(...)`` *before*: identity accuracy on held-out questions (near 0: it does not know
    who it is) and the factual questions (all right: they were chosen that way).
 3. ``add_lora``: adapters on the last ``lora_layers`` blocks only. Backpropagation stops at the
-   first adapted block, so the frozen blocks below cost only their forward pass.
+   first adapted block, and the frozen blocks below give the same outputs at every epoch, so
+   ``fine_tune`` computes them once per conversation and trains only the top (``utils.top_blocks``).
 4. ``fine_tune``: ``utils.training.train`` (the course's one loop) on the identity conversations,
    the loss only on the replies (``utils.chat_spans``), batches with little padding (``ChatBatches``).
 5. ``merge_lora``, then ``evaluate(...)`` *after*, and ``save_yours``: a plain GPT checkpoint with
@@ -50,6 +51,7 @@ from utils.identity_data import (
     with_system,
 )
 from utils.io import write_json_atomically
+from utils.top_blocks import TopBlocks, block_inputs
 
 YOURS = "smollm2-yours"  # the folder under cfg.paths.checkpoints
 REPORT_FILE = "identity.json"  # written last: a folder without it is incomplete and is rebuilt
@@ -125,13 +127,28 @@ def make_batches(tokenizer, train_conversations, val_conversations, batch_size: 
 
 
 def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
-    """Train the adapters with ``utils.training.train``; its metrics plus ``seconds`` (wall time) and
-    ``cpu_seconds`` (this process's CPU time: on a machine that other programs share, the wall
-    time grows with their load and the CPU time does not)."""
-    longest = max(len(ids) for split in batches.examples.values() for ids, _ in split)
+    """Train the adapters with ``utils.training.train``; returns its metrics, plus the times.
+
+    When only the last ``cfg.lora_layers`` blocks are adapted, the frozen blocks below give
+    the same hidden states at every step: they are computed once per conversation
+    (``utils.top_blocks``) and the loop trains ``TopBlocks`` on them, the GPT's own last
+    blocks (so the GPT learns in place). ``seconds`` is the wall time of all of it, caching
+    included, ``cache_seconds`` the caching alone; ``cpu_seconds`` this process's CPU time
+    (on a machine that other programs share, the wall time grows with their load).
+    """
     start, cpu_start = time.perf_counter(), time.process_time()
-    metrics = training.train(model, cfg=train_config(cfg, longest), batch_fn=batches)
+    gpt = ckpt.unwrap(model)
+    trained = gpt
+    if cfg.lora_layers < gpt.config.n_layer:
+        trained = TopBlocks(gpt, cfg.lora_layers)
+        states = {split: block_inputs(gpt, [ids[:-1] for ids, _ in examples], trained.first)
+                  for split, examples in batches.examples.items()}
+        batches = batches.with_states(states)
+    cache_seconds = time.perf_counter() - start
+    longest = max(len(ids) for split in batches.examples.values() for ids, _ in split)
+    metrics = training.train(trained, cfg=train_config(cfg, longest), batch_fn=batches)
     metrics["seconds"], metrics["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
+    metrics["cache_seconds"] = cache_seconds
     return metrics
 
 
@@ -288,8 +305,8 @@ def make_it_yours(cfg, identity: Identity = Identity(), measure: bool = True, ou
         f"for {icfg.max_iters} steps ...")
     metrics = fine_tune(model, batches, icfg)
     merge_lora(model)
-    report["fine_tune"] = {k: metrics[k] for k in ("seconds", "cpu_seconds", "train_loss", "val_loss",
-                                                     "tokens_per_second")}
+    report["fine_tune"] = {k: metrics[k] for k in ("seconds", "cpu_seconds", "cache_seconds", "train_loss",
+                                                     "val_loss", "tokens_per_second")}
     report["fine_tune"]["losses"] = [h["loss"] for h in metrics["history"]]
     if measure:
         log("After: asking the same questions ...")

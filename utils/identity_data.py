@@ -210,6 +210,8 @@ class ChatBatches:
     (the shift: y[t] is the token after x[t], -100 where nothing is scored), mask (B, T) is 1
     on real tokens. Rows are padded on the right to the longest row of the batch; the
     causal mask keeps real tokens from seeing the padding, and padding is never scored.
+    With ``states`` (per split, one (T, C) tensor per example: ``utils.top_blocks.block_inputs``
+    of the example's x), x is those hidden states instead, (B, T, C), padded with zeros.
 
     Padding is computation thrown away, so rows of similar length go together: the
     examples are sorted by length and cut into buckets of at least ``batch_size``; a batch
@@ -217,13 +219,16 @@ class ChatBatches:
     from it. Every example is still drawn with the same probability, batch_size / n.
     """
 
-    def __init__(self, train_examples: list[tuple], val_examples: list[tuple], batch_size: int, pad_id: int):
-        self.batch_size, self.pad_id = batch_size, pad_id
+    def __init__(self, train_examples: list[tuple], val_examples: list[tuple], batch_size: int, pad_id: int,
+                 states: dict[str, list[torch.Tensor]] | None = None):
+        self.batch_size, self.pad_id, self.states = batch_size, pad_id, states
         self.examples = {"train": train_examples, "val": val_examples}
         self.buckets = {}
         for split, examples in self.examples.items():
             if not examples:
                 raise ValueError(f"ChatBatches: no {split} examples.")
+            if states is not None and len(states[split]) != len(examples):
+                raise ValueError(f"ChatBatches: {len(states[split])} {split} states for {len(examples)} examples.")
             by_length = np.argsort([len(ids) for ids, _ in examples], kind="stable")
             self.buckets[split] = np.array_split(by_length, max(1, len(examples) // batch_size))
 
@@ -232,19 +237,27 @@ class ChatBatches:
         sizes = np.array([len(b) for b in buckets])
         bucket = buckets[generator.choice(len(buckets), p=sizes / sizes.sum())]
         rows = generator.choice(bucket, size=self.batch_size, replace=len(bucket) < self.batch_size)
-        return self.collate([self.examples[split][int(i)] for i in rows])
+        return self.collate(split, [int(i) for i in rows])
 
-    def collate(self, examples: list[tuple]):
+    def collate(self, split: str, rows: list[int]):
+        examples = [self.examples[split][i] for i in rows]
         width = max(len(ids) for ids, _ in examples) - 1
-        x = torch.full((len(examples), width), self.pad_id, dtype=torch.long)  # (B, T)
-        y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
-        for row, (ids, labels) in enumerate(examples):
+        y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+        if self.states is None:
+            x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (B, T)
+        else:
+            x = torch.zeros((len(rows), width, self.states[split][0].size(-1)))  # (B, T, C)
+        for row, (i, (ids, labels)) in enumerate(zip(rows, examples)):
             n = len(ids) - 1
-            x[row, :n] = torch.tensor(ids[:-1])
+            x[row, :n] = torch.tensor(ids[:-1]) if self.states is None else self.states[split][i]
             y[row, :n] = torch.tensor(labels[1:])
             mask[row, :n] = 1
         return x, y, mask
+
+    def with_states(self, states: dict[str, list[torch.Tensor]]) -> "ChatBatches":
+        """The same batches with hidden states as inputs (see ``utils.top_blocks``)."""
+        return ChatBatches(self.examples["train"], self.examples["val"], self.batch_size, self.pad_id, states)
 
     def padding_share(self, split: str, generator: np.random.Generator, batches: int = 100) -> float:
         """The share of positions that are padding, over ``batches`` batches: what bucketing saves."""
