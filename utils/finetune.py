@@ -368,7 +368,10 @@ def evaluate_chat(model, tokenizer, examples, conversations, cfg=None, max_new_t
 
 
 def export_hf(model, tokenizer, out_dir: str | os.PathLike, max_new_tokens: int | None = None) -> Path:
-    """Save a ``transformers`` GPT-2 model and the tokenizer (with the chat template) into ``out_dir``.
+    """Save a ``transformers`` model and the tokenizer (with the chat template) into ``out_dir``.
+
+    The model is ``transformers``' own class for its layout (``GPT.to_hf``): ``GPT2LMHeadModel``
+    for the GPT-2 block, ``LlamaForCausalLM`` for the Llama block.
 
     Afterwards, offline and without this course's code::
 
