@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install course test unit nbval lab chat readme-times browser-test benchmarks clean gpu-smoke colab-links
+.PHONY: install course test unit nbval lab chat readme-times browser-test benchmarks budget-study clean gpu-smoke colab-links
 
 # torch goes first, pinned, so that requirements.txt's range is already met and
 # pip does not fetch a different (multi-GB) build; then everything else.
@@ -69,12 +69,19 @@ gpu-smoke: $(STAMP)
 colab-links: $(STAMP)
 	@$(BIN)/python -m utils.colab_links $(if $(REPO),--repo $(REPO)) $(if $(BRANCH),--branch $(BRANCH))
 
-# Speed and quality against a reference library measured in the same run (minutes; Shakespeare: ~6 min)
+# Speed and quality against a reference library measured in the same run (minutes; Shakespeare: ~6 min; make_it_yours: ~5 min)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bpe_training_speed.py
 	$(BIN)/python benchmarks/gpt_step_speed.py
 	$(BIN)/python benchmarks/kv_cache_speed.py
 	$(BIN)/python benchmarks/shakespeare_quality.py
+	$(BIN)/python benchmarks/smollm2_generation_speed.py
+	$(BIN)/python benchmarks/sft_speed.py
+	$(BIN)/python benchmarks/multiple_choice_speed.py
+	$(BIN)/python benchmarks/make_it_yours.py
+# The full-size pretraining study behind the cpu profile's choices (about an hour): not part of make benchmarks
+budget-study: $(STAMP)
+	$(BIN)/python benchmarks/pretraining_budget.py $(ARGS)
 
 clean:
 	rm -rf build data/processed data/nltk_data checkpoints
