@@ -144,11 +144,11 @@ def _model_details(stages: dict) -> list[str]:
     tokenizer = _pick(prep, "tokenizer")
     if tokenizer is None and prep is not None:
         tokenizer = "the course's byte-level BPE, trained on the course data"
-        bytes_per_token = _pick(prep, "bytes per token course")
+        bytes_per_token = _pick(prep, "bytes per token (course tokenizer)", "bytes per token course")
         if bytes_per_token is not None:
             tokenizer += f"; {format_value(bytes_per_token)} bytes per token"
     rows = [
-        ("Type", "decoder-only transformer (GPT-2 style), pretrained (04) then chat fine-tuned (06)", ""),
+        ("Type", "decoder-only transformer (the block: see Architecture), pretrained (04) then chat fine-tuned (06)", ""),
         ("Architecture", *first((ARCHITECTURE, description))),
         # The trained model's size (04) is the one the card is about; 03's is the teaching model.
         ("Parameters", *first((TRAINING, _pick(training, "parameters", "model parameters")),
