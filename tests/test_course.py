@@ -4,10 +4,10 @@ Each test runs small notebooks of its own (real kernels, a few seconds each) aga
 temporary repository root, so the learner's build/, data/ and checkpoints/ are never touched.
 """
 
-import re
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
