@@ -310,3 +310,16 @@ def test_dpo_loss_fn_remembers_reference_logprobs_whatever_the_padding():
     assert len(loss_fn.reference_cache) == 6  # nothing new: every reference came from the cache
     policy = sequence_logprobs(model, *wider[:2])
     torch.testing.assert_close(again, dpo_loss(policy[:3], policy[3:], reference[:3], reference[3:], 0.1)[0])
+
+
+def test_replies_kl_is_reply_kl_of_each_reply_in_padded_batches():
+    from utils.alignment import pad_rows, replies_kl
+
+    model = llama_model()
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
+    perturb_adapters(model, seed=2)
+    replies = [([1, 2, 3, 4], [-100, -100, 3, 4]), ([5, 6, 7], [-100, 6, 7]),
+               ([2, 3, 4, 5, 6], [-100, -100, -100, 5, 6])]
+    one_by_one = [reply_kl(model, *pad_rows([reply], pad_id=0)[:2]).item() for reply in replies]
+    assert min(one_by_one) > 0
+    np.testing.assert_allclose(replies_kl(model, replies, pad_id=0, batch_size=2), one_by_one, rtol=1e-5, atol=1e-7)

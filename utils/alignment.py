@@ -118,6 +118,11 @@ def collate_pairs(pairs: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.T
     """
     rows = [(p["chosen_ids"], p["chosen_labels"]) for p in pairs] + \
            [(p["rejected_ids"], p["rejected_labels"]) for p in pairs]
+    return pad_rows(rows, pad_id)
+
+
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, labels, attention_mask), each (N, T): ``(ids, labels)`` rows padded on the right, labels -100."""
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (2B, T)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (2B, T)
@@ -315,6 +320,16 @@ def reply_kl(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tens
         reference = F.log_softmax(model_logits(model, input_ids)[:, :-1].float(), dim=-1)  # (B, T-1, V)
     kl = (policy.exp() * (policy - reference)).sum(-1)  # (B, T-1)
     return (kl * scored).sum(dim=1)  # (B,)
+
+
+def replies_kl(model, replies: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """``reply_kl`` of every ``(ids, labels)`` reply (``preferences.encode_reply``), in padded batches: (n,)."""
+    device = next(model.parameters()).device
+    kl = []
+    for first in range(0, len(replies), batch_size):
+        input_ids, labels, _ = pad_rows(replies[first:first + batch_size], pad_id)
+        kl.append(reply_kl(model, input_ids.to(device), labels.to(device)).cpu())
+    return torch.cat(kl).numpy()
 
 
 # --------------------------------------------------------------------------- the checkpoint

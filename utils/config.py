@@ -69,6 +69,7 @@ class Profile:
     identity_lora_layers: int  # adapt only the last N of SmolLM2's 30 blocks: backpropagation stops there
     identity_eval_questions: int | None  # held-out and factual questions asked (each set); None = all
     identity_max_new_tokens: int  # reply budget per evaluation question (greedy)
+    identity_long_reply_tokens: int  # 06's repetition-penalty demo: the length of one long greedy reply
     # 07 alignment: preference pairs from the "yours" SmolLM2, then DPO with LoRA (utils.preferences, utils.alignment)
     dpo_prompts_per_kind: int | None  # red-team, benign, chat-opener prompts and hand-written pairs, each; None = all
     dpo_samples: int  # replies sampled per prompt; the best and the worst under the rule become a pair
@@ -120,6 +121,7 @@ PROFILES = {
         identity_lora_layers=2,
         identity_eval_questions=3,
         identity_max_new_tokens=8,
+        identity_long_reply_tokens=48,
         dpo_prompts_per_kind=2,
         dpo_samples=2,
         dpo_max_new_tokens=8,
@@ -167,6 +169,7 @@ PROFILES = {
         identity_lora_layers=30,
         identity_eval_questions=None,
         identity_max_new_tokens=32,
+        identity_long_reply_tokens=160,
         dpo_prompts_per_kind=14,
         dpo_samples=3,
         dpo_max_new_tokens=32,
@@ -214,6 +217,7 @@ PROFILES = {
         identity_lora_layers=30,
         identity_eval_questions=None,
         identity_max_new_tokens=32,
+        identity_long_reply_tokens=160,
         dpo_prompts_per_kind=None,
         dpo_samples=4,
         dpo_max_new_tokens=64,
