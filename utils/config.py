@@ -140,7 +140,7 @@ PROFILES = {
         name="cpu",
         max_conversations=None,
         hub_dataset=None,
-        spelling_sample=1_000,
+        spelling_sample=300,  # 13 messages a CPU second at distance 2: 1,000 took 80 s of the course
         bpe_train_chars=1_000_000,
         bpe_vocab_size=512,
         tokenizer_vocab_size=1024,  # 04's study and benchmarks/pretraining_budget.py
@@ -162,7 +162,7 @@ PROFILES = {
         sft_max_iters=600,
         sft_batch_size=16,
         sft_eval_iters=20,
-        sft_eval_conversations=100,
+        sft_eval_conversations=50,  # x 3 positions = 150 greedy replies for each of the three models 06 compares
         identity_max_iters=60,
         identity_batch_size=8,
         identity_lora_rank=8,
