@@ -166,6 +166,17 @@ def test_interact_outputs_never_stall_the_runner(tmp_path):
     assert "without encryption" not in (tmp_path / "kernel.log").read_text(), "the kernel runs over IPC, not TCP"
 
 
+def take_ctrl_c():
+    """In the runner's process, before it starts: SIGINT acts as it does for a terminal's foreground job.
+
+    A shell starts background jobs (``make test &``, ``nohup ... &``) with SIGINT ignored, the
+    runner inherits that, and Python then installs no KeyboardInterrupt at all: a Ctrl-C
+    could never reach such a job from a terminal, so the test gives the runner what a
+    terminal would.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_with_one_line_and_no_traceback(tmp_path):
     started = tmp_path / "cell-1-ran"
     write_notebook(tmp_path / "notebooks" / "01_long.ipynb", f"open({str(started)!r}, 'w').close()",
@@ -174,7 +185,8 @@ def test_ctrl_c_stops_with_one_line_and_no_traceback(tmp_path):
     env.pop("COURSE_BUILD_DIR", None)
     runner = subprocess.Popen([sys.executable, "-m", "utils.course", "--profile", "ci", "--notebooks",
                                str(tmp_path / "notebooks"), "--root", str(tmp_path)], cwd=REPO_ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=take_ctrl_c)
     log = tmp_path / "build" / "ci.next" / "notebooks"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not started.exists():
