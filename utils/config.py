@@ -162,7 +162,7 @@ PROFILES = {
         sft_max_iters=600,
         sft_batch_size=16,
         sft_eval_iters=20,
-        sft_eval_conversations=50,  # x 3 positions = 150 greedy replies for each of the three models 06 compares
+        sft_eval_conversations=50,  # first, middle, last turn of each: up to 150 greedy replies per model 06 compares
         identity_max_iters=60,
         identity_batch_size=8,
         identity_lora_rank=8,

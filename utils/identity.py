@@ -69,7 +69,7 @@ class IdentityConfig:
     lora_layers: int = 30  # adapt the last N blocks (SmolLM2 has 30)
     # Peak rate. Measured in the cpu profile (60 steps, rank 8, all 30 blocks, 74 identity + 34 everyday
     # conversations), identity accuracy / retention: 4e-4 0.67 / 0.86, 6e-4 0.83 / 0.86, 8e-4 0.88 / 0.83.
-    # The same few facts break in every recipe tried (Canberra becomes Sydney, "two plus two is two + two").
+    # The same few facts break in nearly every recipe tried (Canberra becomes Sydney, "two plus two is two + two").
     learning_rate: float = 6e-4
     warmup_iters: int = 5  # linear warm-up, then a cosine to a tenth of the peak
     eval_questions: int | None = None  # ask the first N questions of each set; None = all
