@@ -69,6 +69,8 @@ def main() -> None:
         if field.name.startswith("identity_"):
             parser.add_argument("--" + field.name[len("identity_"):].replace("_", "-"), type=float, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--anchor-weight", type=float, default=None, help="KL anchor weight (0: none)")
+    parser.add_argument("--seed", type=float, default=None, help="the training seed (default: the course's)")
     args = parser.parse_args()
 
     cfg = config.load()

@@ -261,7 +261,9 @@ def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(token
     adapted = {name.split(".lora_")[0] for name, p in model.named_parameters() if p.requires_grad}
     blocks = tuple(f"transformer.h.{i}." for i in range(3 - lora_layers, 3))
     assert adapted and all(name.startswith(blocks) for name in adapted)
-    batches = make_batches(tokenizer, load_conversations()[:6], reference_conversations(load_questions()[:4]), 2)
+    everyday = load_conversations(GENERAL_FILE)[:3]
+    batches = make_batches(tokenizer, load_conversations()[:6], everyday, reference_conversations(load_questions()[:4]), 2)
+    assert batches.anchored == {6, 7, 8} and len(batches.examples["train"]) == 9
     metrics = fine_tune(model, batches, recipe)
     assert metrics["iters"] == 2 and np.isfinite(metrics["train_loss"]) and metrics["seconds"] > 0
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
@@ -303,6 +305,55 @@ def test_top_blocks_on_cached_states_give_the_whole_models_loss_and_gradients(to
     cached, cached_grads = loss_and_grads(top, h)
     assert cached == pytest.approx(whole, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_grads, cached_grads))
+
+
+# --------------------------------------------------------------------------- the KL anchor
+
+
+@pytest.mark.parametrize("lora_layers", [4, 2])  # the whole GPT, and TopBlocks on cached states
+def test_the_anchor_is_cross_entropy_plus_torchs_kl_on_anchored_rows_only(tokenizer, one_thread, lora_layers):
+    from utils.anchor import AnchoredLoss, reference_log_probs
+    from utils.finetune import apply_lora
+    from utils.identity import lora_targets
+    from utils.top_blocks import TopBlocks, block_inputs
+
+    model = tiny_gpt(len(tokenizer), n_layer=4)
+    apply_lora(model, r=2, alpha=4, target_modules=lora_targets(model, lora_layers))
+    examples = encode_all(tokenizer, load_conversations()[:3] + load_conversations(GENERAL_FILE)[:3])
+    batches = ChatBatches(examples, examples, batch_size=4, pad_id=tokenizer.pad_token_id, anchored={3, 4, 5})
+    reference = reference_log_probs(model, examples, sorted(batches.anchored))
+    anchored = AnchoredLoss(batches, reference, weight=2.0)
+    x, y, _ = anchored.batch_fn("train", np.random.default_rng(0))
+    rows = anchored.drawn[1]
+    assert any(r in batches.anchored for r in rows) and any(r not in batches.anchored for r in rows)
+    model_or_top, inputs = model, x
+    if lora_layers < 4:
+        model_or_top = TopBlocks(model, lora_layers)
+        states = block_inputs(model, [examples[r][0][:-1] for r in rows], model_or_top.first)
+        inputs = torch.zeros(*x.shape, 32)
+        for i, state in enumerate(states):
+            inputs[i, :len(state)] = state
+
+    loss, n = anchored.loss_fn(model_or_top, (inputs, y))  # the model is still the original: KL = 0
+    _, cross_entropy = model(x, y)
+    assert n == (y != IGNORE_INDEX).sum() and loss.item() == pytest.approx(cross_entropy.item(), rel=1e-5)
+
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)  # the model moves away from the original
+    loss, n = anchored.loss_fn(model_or_top, (inputs, y))
+    logits, cross_entropy = model(x, y)
+    kl = sum(torch.nn.functional.kl_div(torch.log_softmax(logits[i][y[i] != IGNORE_INDEX], -1), reference[r],
+                                        log_target=True, reduction="sum")
+             for i, r in enumerate(rows) if r in batches.anchored)
+    assert kl > 0
+    assert loss.item() == pytest.approx(cross_entropy.item() + 2.0 * kl.item() / n.item(), rel=1e-4)
+
+    anchored.batch_fn("val", np.random.default_rng(0))  # validation: cross-entropy alone
+    xv, yv, _ = batches.collate("val", anchored.drawn[1])
+    if lora_layers == 4:
+        loss, _ = anchored.loss_fn(model, (xv, yv))
+        assert loss.item() == pytest.approx(model(xv, yv)[1].item(), rel=1e-5)
 
 
 def test_answers_of_same_length_prompts_in_one_batch_equal_one_at_a_time(tokenizer, one_thread):

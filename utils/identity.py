@@ -9,8 +9,10 @@ The recipe, every step a function the notebook shows:
 3. ``add_lora``: adapters on the last ``lora_layers`` blocks only. Backpropagation stops at the
    first adapted block, and the frozen blocks below give the same outputs at every epoch, so
    ``fine_tune`` computes them once per conversation and trains only the top (``utils.top_blocks``).
-4. ``fine_tune``: ``utils.training.train`` (the course's one loop) on the identity conversations,
-   the loss only on the replies (``utils.chat_spans``), batches with little padding (``ChatBatches``).
+4. ``fine_tune``: ``utils.training.train`` (the course's one loop) on the identity and everyday
+   conversations, the loss only on the replies (``utils.chat_spans``), batches with little padding
+   (``ChatBatches``); on the everyday replies a KL anchor keeps the model near the original
+   (``utils.anchor``), so it forgets less of what it knew.
 5. ``merge_lora``, then ``evaluate(...)`` *after*, and ``save_yours``: a plain GPT checkpoint with
    its tokenizer in ``checkpoints/<profile>/smollm2-yours``, which ``ensure_yours(cfg)`` gives to
    later notebooks (DPO, ethics, the chat), rebuilding it with a message when it is missing.
@@ -33,21 +35,24 @@ import torch
 
 from utils import checkpoint as ckpt
 from utils import training
+from utils.anchor import AnchoredLoss, reference_log_probs
 from utils.chat_spans import template_ids
 from utils.finetune import apply_lora, merge_lora, trainable_parameters
 from utils.identity_data import (
     FACTS_FILE,
     HELDOUT_FILE,
     SYSTEM_PROMPT,
+    TRAIN_FILE,
     ChatBatches,
     Identity,
     Question,
     encode_all,
+    everyday_conversations,
     is_correct,
+    load_conversations,
     load_questions,
     neutral_template,
     reference_conversations,
-    training_conversations,
     with_system,
 )
 from utils.io import write_json_atomically
@@ -68,9 +73,14 @@ class IdentityConfig:
     lora_alpha: int = 16  # the adapters' output is scaled by alpha / r
     lora_layers: int = 30  # adapt the last N blocks (SmolLM2 has 30)
     # Peak rate. Measured in the cpu profile (60 steps, rank 8, all 30 blocks, 74 identity + 34 everyday
-    # conversations), identity accuracy / retention: 4e-4 0.67 / 0.86, 6e-4 0.83 / 0.86, 8e-4 0.88 / 0.83.
-    # The same few facts break in nearly every recipe tried (Canberra becomes Sydney, "two plus two is two + two").
+    # conversations, no anchor), identity accuracy / retention: 4e-4 0.67 / 0.86, 6e-4 0.83 / 0.86,
+    # 8e-4 0.88 / 0.83. The same few facts break in nearly every recipe tried (Canberra becomes Sydney,
+    # "two plus two is two + two"); scaling the trained adapters down (0.85, 0.7) kept them broken.
     learning_rate: float = 6e-4
+    # Weight of the KL anchor on the everyday replies (utils.anchor; 0 = cross-entropy alone). At 6e-4,
+    # seeds 1337 / 1 / 2, identity / retention with the anchor 0.83 / 0.89, 0.71 / 0.89, 0.88 / 0.92;
+    # without it 0.83 / 0.86, 0.67 / 0.86, 0.83 / 0.89: one fact more kept, for every seed. Weight 3: no better.
+    anchor_weight: float = 1.0
     warmup_iters: int = 5  # linear warm-up, then a cosine to a tenth of the peak
     eval_questions: int | None = None  # ask the first N questions of each set; None = all
     max_new_tokens: int = 32  # reply budget per evaluation question (greedy, stops at <|im_end|>)
@@ -123,10 +133,14 @@ def train_config(cfg: IdentityConfig, block_size: int) -> training.TrainConfig:
     )
 
 
-def make_batches(tokenizer, train_conversations, val_conversations, batch_size: int) -> ChatBatches:
-    """The ``batch_fn``: identity conversations to train on, held-out references for the validation loss."""
-    return ChatBatches(encode_all(tokenizer, train_conversations), encode_all(tokenizer, val_conversations),
-                       batch_size, tokenizer.pad_token_id)
+def make_batches(tokenizer, identity_conversations, everyday_conversations, val_conversations,
+                 batch_size: int) -> ChatBatches:
+    """The ``batch_fn``: identity and everyday conversations to train on (the everyday ones anchored),
+    held-out references for the validation loss."""
+    train = encode_all(tokenizer, identity_conversations + everyday_conversations)
+    everyday = range(len(identity_conversations), len(train))
+    return ChatBatches(train, encode_all(tokenizer, val_conversations), batch_size, tokenizer.pad_token_id,
+                       anchored=frozenset(everyday))
 
 
 def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
@@ -135,12 +149,18 @@ def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
     When only the last ``cfg.lora_layers`` blocks are adapted, the frozen blocks below give
     the same hidden states at every step: they are computed once per conversation
     (``utils.top_blocks``) and the loop trains ``TopBlocks`` on them, the GPT's own last
-    blocks (so the GPT learns in place). ``seconds`` is the wall time of all of it, caching
-    included, ``cache_seconds`` the caching alone; ``cpu_seconds`` this process's CPU time
-    (on a machine that other programs share, the wall time grows with their load).
+    blocks (so the GPT learns in place). With ``cfg.anchor_weight`` > 0 the anchored examples
+    (the everyday ones) add the KL to the model as it is *now* (``utils.anchor``): call this on
+    a freshly adapted model, whose adapters are still zero, so that it is the original.
+    ``seconds`` is the wall time of all of it, caching included, ``cache_seconds`` the caching
+    alone; ``cpu_seconds`` this process's CPU time (on a machine that other programs share,
+    the wall time grows with their load).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     gpt = ckpt.unwrap(model)
+    reference = {}
+    if cfg.anchor_weight > 0:
+        reference = reference_log_probs(gpt, batches.examples["train"], sorted(batches.anchored))
     trained = gpt
     if cfg.lora_layers < gpt.config.n_layer:
         trained = TopBlocks(gpt, cfg.lora_layers)
@@ -149,7 +169,9 @@ def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
         batches = batches.with_states(states)
     cache_seconds = time.perf_counter() - start
     longest = max(len(ids) for split in batches.examples.values() for ids, _ in split)
-    metrics = training.train(trained, cfg=train_config(cfg, longest), batch_fn=batches)
+    anchored = AnchoredLoss(batches, reference, cfg.anchor_weight)
+    metrics = training.train(trained, cfg=train_config(cfg, longest), batch_fn=anchored.batch_fn,
+                             loss_fn=anchored.loss_fn)
     metrics["seconds"], metrics["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
     metrics["cache_seconds"] = cache_seconds
     return metrics
@@ -300,7 +322,7 @@ def make_it_yours(cfg, identity: Identity = Identity(), measure: bool = True, ou
         log(f"Before: asking {len(heldout)} identity and {len(facts)} factual questions ...")
         report["before"] = {"identity": evaluate(model, tokenizer, heldout, icfg.max_new_tokens),
                             "facts": evaluate(model, tokenizer, facts, icfg.max_new_tokens)}
-    batches = make_batches(tokenizer, training_conversations(identity),
+    batches = make_batches(tokenizer, load_conversations(TRAIN_FILE, identity), everyday_conversations(identity),
                            reference_conversations(heldout), icfg.batch_size)
     add_lora(model, icfg)
     report["trainable_parameters"], report["parameters"] = trainable_parameters(model)

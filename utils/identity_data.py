@@ -170,8 +170,13 @@ def load_questions(path: str | Path = HELDOUT_FILE, identity: Identity = Identit
 
 
 def training_conversations(identity: Identity = Identity()) -> list[list[dict]]:
-    """The identity conversations followed by the general ones: what the model is fine-tuned on."""
-    return load_conversations(TRAIN_FILE, identity) + load_conversations(GENERAL_FILE, identity)
+    """The identity conversations followed by the everyday ones: what the model is fine-tuned on."""
+    return load_conversations(TRAIN_FILE, identity) + everyday_conversations(identity)
+
+
+def everyday_conversations(identity: Identity = Identity()) -> list[list[dict]]:
+    """The everyday conversations of ``general.jsonl`` (trained on, and anchored: ``utils.anchor``)."""
+    return load_conversations(GENERAL_FILE, identity)
 
 
 def reference_conversations(questions: list[Question]) -> list[list[dict]]:
@@ -220,8 +225,9 @@ class ChatBatches:
     """
 
     def __init__(self, train_examples: list[tuple], val_examples: list[tuple], batch_size: int, pad_id: int,
-                 states: dict[str, list[torch.Tensor]] | None = None):
+                 states: dict[str, list[torch.Tensor]] | None = None, anchored: frozenset[int] = frozenset()):
         self.batch_size, self.pad_id, self.states = batch_size, pad_id, states
+        self.anchored = frozenset(anchored)  # train examples kept near the original model (``utils.anchor``)
         self.examples = {"train": train_examples, "val": val_examples}
         self.buckets = {}
         for split, examples in self.examples.items():
@@ -233,11 +239,15 @@ class ChatBatches:
             self.buckets[split] = np.array_split(by_length, max(1, len(examples) // batch_size))
 
     def __call__(self, split: str, generator: np.random.Generator):
+        return self.collate(split, self.draw(split, generator))
+
+    def draw(self, split: str, generator: np.random.Generator) -> list[int]:
+        """The example indexes of one batch: a bucket, then ``batch_size`` examples from it."""
         buckets = self.buckets[split]
         sizes = np.array([len(b) for b in buckets])
         bucket = buckets[generator.choice(len(buckets), p=sizes / sizes.sum())]
         rows = generator.choice(bucket, size=self.batch_size, replace=len(bucket) < self.batch_size)
-        return self.collate(split, [int(i) for i in rows])
+        return [int(i) for i in rows]
 
     def collate(self, split: str, rows: list[int]):
         examples = [self.examples[split][i] for i in rows]
@@ -257,7 +267,8 @@ class ChatBatches:
 
     def with_states(self, states: dict[str, list[torch.Tensor]]) -> "ChatBatches":
         """The same batches with hidden states as inputs (see ``utils.top_blocks``)."""
-        return ChatBatches(self.examples["train"], self.examples["val"], self.batch_size, self.pad_id, states)
+        return ChatBatches(self.examples["train"], self.examples["val"], self.batch_size, self.pad_id, states,
+                           self.anchored)
 
     def padding_share(self, split: str, generator: np.random.Generator, batches: int = 100) -> float:
         """The share of positions that are padding, over ``batches`` batches: what bucketing saves."""
