@@ -248,7 +248,7 @@ def test_length_buckets_draw_every_example_equally_often_with_little_padding(tok
 # --------------------------------------------------------------------------- training, answering, saving
 
 
-@pytest.mark.parametrize("lora_layers", [1, 3])  # 1 of 3: on cached states (TopBlocks); 3: the whole GPT
+@pytest.mark.parametrize("lora_layers", [1, 3])  # of 3 blocks: TopBlocks above block 2, and on the embeddings
 def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(tokenizer, one_thread, lora_layers):
     from utils.finetune import merge_lora
     from utils.identity import IdentityConfig, add_lora, fine_tune, make_batches
@@ -274,8 +274,9 @@ def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(token
     assert not torch.equal(after["transformer.h.2.attn.c_attn.weight"], before["transformer.h.2.attn.c_attn.weight"])
 
 
+@pytest.mark.parametrize("layers", [2, 4])  # of 4: the top half, and every block (on the embeddings)
 @pytest.mark.parametrize("layout", ["llama", "gpt2"])
-def test_top_blocks_on_cached_states_give_the_whole_models_loss_and_gradients(tokenizer, one_thread, layout):
+def test_top_blocks_on_cached_states_give_the_whole_models_loss_and_gradients(tokenizer, one_thread, layout, layers):
     from utils.finetune import apply_lora
     from utils.identity import lora_targets
     from utils.top_blocks import TopBlocks, block_inputs
@@ -283,14 +284,14 @@ def test_top_blocks_on_cached_states_give_the_whole_models_loss_and_gradients(to
     torch.manual_seed(0)
     shape = dict(vocab_size=len(tokenizer), block_size=128, n_layer=4, n_head=4, n_embd=32, dropout=0.0)
     model = GPT(GPTConfig.llama(n_kv_head=2, mlp_hidden=64, **shape) if layout == "llama" else GPTConfig(**shape))
-    apply_lora(model, r=2, alpha=4, target_modules=lora_targets(model, 2))
+    apply_lora(model, r=2, alpha=4, target_modules=lora_targets(model, layers))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)  # B starts at zero; make the adapters do something
     examples = encode_all(tokenizer, load_conversations()[:5])
     batches = ChatBatches(examples, examples, batch_size=3, pad_id=tokenizer.pad_token_id)
     x, y, _ = batches("train", np.random.default_rng(0))
-    top = TopBlocks(model, 2)
+    top = TopBlocks(model, layers)
     states = {s: block_inputs(model, [ids[:-1] for ids, _ in examples], top.first) for s in ("train", "val")}
     h, y2, _ = batches.with_states(states)("train", np.random.default_rng(0))
     assert torch.equal(y, y2) and h.shape == (*x.shape, 32)

@@ -6,9 +6,10 @@ The recipe, every step a function the notebook shows:
    hidden system message (which names SmolLM) becomes ours, ``SYSTEM_PROMPT``, which names no one.
 2. ``evaluate(...)`` *before*: identity accuracy on held-out questions (near 0: it does not know
    who it is) and the factual questions (all right: they were chosen that way).
-3. ``add_lora``: adapters on the last ``lora_layers`` blocks only. Backpropagation stops at the
-   first adapted block, and the frozen blocks below give the same outputs at every epoch, so
-   ``fine_tune`` computes them once per conversation and trains only the top (``utils.top_blocks``).
+3. ``add_lora``: adapters on the last ``lora_layers`` blocks. Backpropagation stops at the
+   first adapted block, and the frozen layers below give the same outputs at every epoch, so
+   ``fine_tune`` computes them once per conversation and trains only the top (``utils.top_blocks``),
+   whose output layer runs only where a reply token is scored.
 4. ``fine_tune``: ``utils.training.train`` (the course's one loop) on the identity and everyday
    conversations, the loss only on the replies (``utils.chat_spans``), batches with little padding
    (``ChatBatches``); on the everyday replies a KL anchor keeps the model near the original
@@ -146,10 +147,11 @@ def make_batches(tokenizer, identity_conversations, everyday_conversations, val_
 def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
     """Train the adapters with ``utils.training.train``; returns its metrics, plus the times.
 
-    When only the last ``cfg.lora_layers`` blocks are adapted, the frozen blocks below give
-    the same hidden states at every step: they are computed once per conversation
-    (``utils.top_blocks``) and the loop trains ``TopBlocks`` on them, the GPT's own last
-    blocks (so the GPT learns in place). With ``cfg.anchor_weight`` > 0 the anchored examples
+    The loop trains ``TopBlocks`` (``utils.top_blocks``), the GPT's own last ``cfg.lora_layers``
+    blocks (so the GPT learns in place), on the hidden states that the frozen layers below
+    give, computed once per conversation: they are the same at every step. Even with every
+    block adapted this pays: the frozen embedding is looked up once, and the output layer
+    (a fifth of SmolLM2's compute per token) runs only where a reply token is scored. With ``cfg.anchor_weight`` > 0 the anchored examples
     (the everyday ones) add the KL to the model as it is *now* (``utils.anchor``): call this on
     a freshly adapted model, whose adapters are still zero, so that it is the original.
     ``seconds`` is the wall time of all of it, caching included, ``cache_seconds`` the caching
@@ -161,12 +163,10 @@ def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
     reference = {}
     if cfg.anchor_weight > 0:
         reference = reference_log_probs(gpt, batches.examples["train"], sorted(batches.anchored))
-    trained = gpt
-    if cfg.lora_layers < gpt.config.n_layer:
-        trained = TopBlocks(gpt, cfg.lora_layers)
-        states = {split: block_inputs(gpt, [ids[:-1] for ids, _ in examples], trained.first)
-                  for split, examples in batches.examples.items()}
-        batches = batches.with_states(states)
+    trained = TopBlocks(gpt, cfg.lora_layers)
+    states = {split: block_inputs(gpt, [ids[:-1] for ids, _ in examples], trained.first)
+              for split, examples in batches.examples.items()}
+    batches = batches.with_states(states)
     cache_seconds = time.perf_counter() - start
     longest = max(len(ids) for split in batches.examples.values() for ids, _ in split)
     anchored = AnchoredLoss(batches, reference, cfg.anchor_weight)
