@@ -151,9 +151,10 @@ def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
     blocks (so the GPT learns in place), on the hidden states that the frozen layers below
     give, computed once per conversation: they are the same at every step. Even with every
     block adapted this pays: the frozen embedding is looked up once, and the output layer
-    (a fifth of SmolLM2's compute per token) runs only where a reply token is scored. With ``cfg.anchor_weight`` > 0 the anchored examples
-    (the everyday ones) add the KL to the model as it is *now* (``utils.anchor``): call this on
-    a freshly adapted model, whose adapters are still zero, so that it is the original.
+    (a fifth of SmolLM2's compute per token) runs only where a reply token is scored.
+    With ``cfg.anchor_weight`` > 0 the anchored examples (the everyday ones) add the KL to the
+    model as it is *now* (``utils.anchor``): call this on a freshly adapted model, whose
+    adapters are still zero, so that it is the original.
     ``seconds`` is the wall time of all of it, caching included, ``cache_seconds`` the caching
     alone; ``cpu_seconds`` this process's CPU time (on a machine that other programs share,
     the wall time grows with their load).
