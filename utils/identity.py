@@ -72,16 +72,21 @@ class IdentityConfig:
     batch_size: int = 8  # conversations per step
     lora_rank: int = 8  # r: each adapter adds r x (in + out) numbers to a Linear
     lora_alpha: int = 16  # the adapters' output is scaled by alpha / r
-    lora_layers: int = 30  # adapt the last N blocks (SmolLM2 has 30)
-    # Peak rate. Measured in the cpu profile (60 steps, rank 8, all 30 blocks, 74 identity + 34 everyday
-    # conversations, no anchor), identity accuracy / retention: 4e-4 0.67 / 0.86, 6e-4 0.83 / 0.86,
-    # 8e-4 0.88 / 0.83. The same few facts break in nearly every recipe tried (Canberra becomes Sydney,
-    # "two plus two is two + two"); scaling the trained adapters down (0.85, 0.7) kept them broken.
-    learning_rate: float = 6e-4
-    # Weight of the KL anchor on the everyday replies (utils.anchor; 0 = cross-entropy alone). At 6e-4,
-    # seeds 1337 / 1 / 2, identity / retention with the anchor 0.83 / 0.89, 0.71 / 0.89, 0.88 / 0.92;
-    # without it 0.83 / 0.86, 0.67 / 0.86, 0.83 / 0.89: one fact more kept, for every seed. Weight 3: no better.
-    anchor_weight: float = 1.0
+    lora_layers: int = 15  # adapt the last N blocks (SmolLM2 has 30)
+    # Measured in the cpu profile (60 steps, rank 8, 74 identity + 34 everyday conversations), identity
+    # accuracy / retention for seeds 1337 / 1 / 2 (goals: 0.8 / 0.9). All 30 blocks, no anchor: 4e-4
+    # 0.67 / 0.86 (seed 1337), 6e-4 0.83 / 0.86, 0.67 / 0.86, 0.83 / 0.89; anchor 1: 0.83 / 0.89,
+    # 0.71 / 0.89, 0.88 / 0.92. The last 15 blocks, 8e-4: anchor 1 0.83 / 0.89, 0.88 / 0.92, 0.75 / 0.92;
+    # anchor 2 0.83 / 0.92, 0.88 / 0.92, 0.79 / 0.86 (both goals met for two seeds of three, against one);
+    # anchor 3 0.79 / 0.89 (seed 1337). 1e-3, anchor 1: 0.88 / 0.89, 0.83 / 0.94, 0.83 / 0.83. The last
+    # 10 blocks at 1e-3: 0.67 / 0.83; 20 at 8e-4: 0.88 / 0.86; 40 steps: worse; adapters on attention
+    # only (30 blocks, 6e-4): 0.50 / 0.78; 40 more everyday conversations: worse on both. The same few facts break in
+    # nearly every recipe ("we live on planet X-125M", the hardest substance is "probably salt", "two
+    # plus two is a simple mathematical operation"): one question moves retention by 0.03, so compare
+    # recipes over seeds, not by one run.
+    learning_rate: float = 8e-4
+    # Weight of the KL anchor on the everyday replies (utils.anchor; 0 = cross-entropy alone).
+    anchor_weight: float = 2.0
     warmup_iters: int = 5  # linear warm-up, then a cosine to a tenth of the peak
     eval_questions: int | None = None  # ask the first N questions of each set; None = all
     max_new_tokens: int = 32  # reply budget per evaluation question (greedy, stops at <|im_end|>)
