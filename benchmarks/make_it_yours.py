@@ -142,7 +142,8 @@ def main() -> None:
         rows = over_seeds(cfg, Identity(args.name, args.maker), recipe, args.seeds)
         out = cfg.paths.build / cfg.profile.name / "make_it_yours_seeds.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "seeds": rows}, indent=2), encoding="utf-8")
+        report = {"recipe": dataclasses.asdict(recipe), "seeds": rows}
+        out.write_text(json.dumps(report, indent=2), encoding="utf-8")
         print(f"report: {out}")
         return
     report = json_report(make_it_yours(cfg, Identity(args.name, args.maker), recipe=recipe))

@@ -80,10 +80,10 @@ class IdentityConfig:
     # anchor 2 0.83 / 0.92, 0.88 / 0.92, 0.79 / 0.86 (both goals met for two seeds of three, against one);
     # anchor 3 0.79 / 0.89 (seed 1337). 1e-3, anchor 1: 0.88 / 0.89, 0.83 / 0.94, 0.83 / 0.83. The last
     # 10 blocks at 1e-3: 0.67 / 0.83; 20 at 8e-4: 0.88 / 0.86; 40 steps: worse; adapters on attention
-    # only (30 blocks, 6e-4): 0.50 / 0.78; 40 more everyday conversations: worse on both. The same few facts break in
-    # nearly every recipe ("we live on planet X-125M", the hardest substance is "probably salt", "two
-    # plus two is a simple mathematical operation"): one question moves retention by 0.03, so compare
-    # recipes over seeds, not by one run.
+    # only (30 blocks, 6e-4): 0.50 / 0.78; 40 more everyday conversations: worse on both. The same few
+    # facts break in nearly every recipe ("we live on planet X-125M", the hardest substance is "probably
+    # salt", "two plus two is a simple mathematical operation"): one question moves retention by 0.03,
+    # so compare recipes over seeds (benchmarks/make_it_yours.py --seeds), not by one run.
     learning_rate: float = 8e-4
     # Weight of the KL anchor on the everyday replies (utils.anchor; 0 = cross-entropy alone).
     anchor_weight: float = 2.0
