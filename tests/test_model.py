@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.model import GPT, GPTConfig, KVCache, filter_logits, sample_next_token
+from utils.model import GPT, GPTConfig, KVCache, filter_logits, left_pad, sample_next_token
 from utils.model_sizes import (
     GPT_PRESETS,
     PUBLISHED_PARAMETERS,
@@ -224,6 +224,59 @@ def test_cached_greedy_generation_equals_uncached_past_block_size(kind):
     assert cached.shape == (2, 90)
     assert torch.equal(cached, uncached)
     assert torch.equal(cached[:, :10], prompt)
+
+
+LAYOUTS = {"gpt2": {}, "llama": dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, n_kv_head=2)}
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("kind", ["sdpa", "explicit"])
+@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+def test_prompts_of_different_lengths_in_one_batch_equal_their_own_greedy_output(layout, kind, use_cache):
+    """Left padding with a mask: each row gets exactly the tokens its prompt gets alone, past block_size too."""
+    model = tiny_model(seed=7, **LAYOUTS[layout]).set_attention(kind)
+    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (3, 17, 9, 30)]
+    new = 40  # 30 + 40 > block_size 64: the longest row's window slides, the shortest's does not
+    idx, attention_mask = left_pad(prompts, pad_id=0)
+    batched = model.generate(idx, new, temperature=0, use_cache=use_cache, attention_mask=attention_mask)
+    assert batched.shape == (4, 30 + new)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(torch.tensor([prompt]), new, temperature=0, use_cache=use_cache)  # (1, T + new)
+        assert batched[row, -new:].tolist() == alone[0, len(prompt):].tolist(), (layout, kind, row)
+
+
+def test_padded_forward_gives_each_row_its_own_logits():
+    """A padded row's logits at its real tokens equal the logits of its tokens alone; padding never leaks (no NaN)."""
+    for overrides in LAYOUTS.values():
+        model = tiny_model(seed=3, **overrides)
+        prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (5, 12)]
+        idx, attention_mask = left_pad(prompts, pad_id=7)
+        logits = model(idx, attention_mask=attention_mask)[0]  # (2, 12, V)
+        assert torch.isfinite(logits).all()
+        for row, prompt in enumerate(prompts):
+            alone = model(torch.tensor([prompt]))[0][0]  # (T, V)
+            assert (logits[row, -len(prompt):] - alone).abs().max().item() < LOGIT_TOLERANCE
+
+
+def test_padding_must_be_on_the_left():
+    model = tiny_model()
+    idx, attention_mask = left_pad([[1, 2, 3], [4]])
+    with pytest.raises(ValueError, match="left"):
+        model.generate(idx, 2, temperature=0, attention_mask=attention_mask.flip(1))
+    with pytest.raises(ValueError, match="at least one token"):
+        left_pad([[1], []])
+
+
+def test_repetition_penalty_ignores_padding():
+    """The pad id is not a token the row has written: penalizing it would change the row's output."""
+    model = tiny_model(seed=2)
+    prompts = [[5, 6, 7], [8, 9, 10, 12, 13, 14]]
+    alone = model.generate(torch.tensor([prompts[0]]), 8, temperature=0, repetition_penalty=50.0)[0, 3:].tolist()
+    pad_id = alone[0]  # the token row 0 writes first: a penalized pad would forbid it
+    assert pad_id not in prompts[0]
+    idx, attention_mask = left_pad(prompts, pad_id=pad_id)
+    batched = model.generate(idx, 8, temperature=0, repetition_penalty=50.0, attention_mask=attention_mask)
+    assert batched[0, -8:].tolist() == alone
 
 
 def test_cached_forward_gives_the_full_forward_logits():

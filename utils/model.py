@@ -118,6 +118,43 @@ def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
     return ones.tril(diagonal=n_keys - n_queries)  # (Tq, Tk)
 
 
+def padding_positions_and_mask(attention_mask: torch.Tensor, n_queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (B, T) of the last ``n_queries`` tokens and the attention mask (B, 1, T, S) of a left-padded batch.
+
+    ``attention_mask`` (B, S) is True at real tokens, False at padding, for every position so
+    far (cached ones too). Each row then behaves as if it were alone:
+
+    - its positions count real tokens only, so its first real token sits at position 0;
+    - a query sees the earlier real tokens (causal, and never padding) and always itself: a
+      padding query that saw nothing would get a softmax over nothing (NaN), and NaN in a
+      padding row's values leaks into real rows through 0 * NaN.
+    """
+    real = attention_mask.bool()  # (B, S)
+    S = real.size(1)
+    positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)[:, S - n_queries:]  # (B, T)
+    key_index = torch.arange(S, device=real.device)  # (S,)
+    query_index = torch.arange(S - n_queries, S, device=real.device)  # (T,): where each query sits
+    itself = key_index[None, :] == query_index[:, None]  # (T, S)
+    mask = (causal_mask(n_queries, S, real.device) & real[:, None, :]) | itself  # (B, T, S)
+    return positions, mask[:, None]  # (B, T), (B, 1, T, S): one mask for every head
+
+
+def left_pad(sequences: list[list[int]], pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists of different lengths -> ``(idx, attention_mask)``, both (B, T), padded on the left.
+
+    Left, so that every row ends with its own last token and the next token of every row goes
+    in the same column. ``attention_mask`` is False at padding; the pad id itself is never seen.
+    """
+    if not sequences or any(len(ids) == 0 for ids in sequences):
+        raise ValueError("left_pad: give at least one sequence, each with at least one token.")
+    width = max(len(ids) for ids in sequences)
+    idx = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in sequences],
+                       dtype=torch.long, device=device)  # (B, T)
+    attention_mask = torch.tensor([[False] * (width - len(ids)) + [True] * len(ids) for ids in sequences],
+                                  dtype=torch.bool, device=device)  # (B, T)
+    return idx, attention_mask
+
+
 class KVCache:
     """The keys and values every layer has already computed, one entry per layer.
 
@@ -178,7 +215,7 @@ def make_norm(config: GPTConfig) -> nn.Module:
 
 
 def rope_cos_sin(positions: torch.Tensor, head_size: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of every position's rotation angles: two (T, hs) float32 tensors.
+    """cos and sin of every position's rotation angles: two (T, hs) float32 tensors ((B, T, hs) for (B, T) positions).
 
     Channel pair i of a head turns by the angle ``position * theta ** (-2i / hs)``: the
     first pairs turn fast (they tell neighbours apart), the last pairs slowly (they
@@ -187,7 +224,7 @@ def rope_cos_sin(positions: torch.Tensor, head_size: int, theta: float) -> tuple
     """
     exponents = torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size  # (hs/2,)
     inverse_frequencies = 1.0 / theta**exponents  # (hs/2,)
-    angles = positions.float()[:, None] * inverse_frequencies[None, :]  # (T, hs/2)
+    angles = positions.float()[..., None] * inverse_frequencies  # (T, hs/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hs): pair i = channels i and i + hs/2
     return angles.cos(), angles.sin()
 
@@ -231,7 +268,9 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope=None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, 1, T, S): which keys each query may see, for a padded batch; None = causal only."""
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
         q, k, v = self.c_attn(x).split([self.n_embd, self.kv_size, self.kv_size], dim=2)  # (B,T,C), 2x (B,T,kv)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -246,25 +285,28 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
         if self.attention == "explicit":
-            y = self.explicit_attention(q, k, v)  # (B, nh, T, hs)
+            y = self.explicit_attention(q, k, v, mask)  # (B, nh, T, hs)
         else:
-            y = self.sdpa_attention(q, k, v)  # (B, nh, T, hs)
+            y = self.sdpa_attention(q, k, v, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
-    def explicit_attention(self, q, k, v) -> torch.Tensor:
+    def explicit_attention(self, q, k, v, mask=None) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs) + causal mask) v, written out: what the notebook derives."""
         T, S = q.size(2), k.size(2)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, nh, T, S)
-        att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))  # (B, nh, T, S)
+        allowed = causal_mask(T, S, q.device) if mask is None else mask  # (T, S) or (B, 1, T, S)
+        att = att.masked_fill(~allowed, float("-inf"))  # (B, nh, T, S)
         att = F.softmax(att, dim=-1)  # (B, nh, T, S): each row sums to 1
         att = self.attn_dropout(att)  # (B, nh, T, S)
         return att @ v  # (B, nh, T, hs)
 
-    def sdpa_attention(self, q, k, v) -> torch.Tensor:
+    def sdpa_attention(self, q, k, v, mask=None) -> torch.Tensor:
         """The same computation in PyTorch's fused kernel (FlashAttention on recent GPUs)."""
         T, S = q.size(2), k.size(2)
         dropout_p = self.dropout if self.training else 0.0
+        if mask is not None:  # a padded batch: the mask already holds the causal triangle
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, T, hs)
         if T == S:  # no cache, or the first step: the plain triangular mask
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)  # (B, nh, T, hs)
         # With a cache the new queries are the last T of S positions. is_causal=True would
@@ -313,8 +355,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, rope)  # (B, T, C): tokens talk to each other
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope=None, mask=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, rope, mask)  # (B, T, C): tokens talk to each other
         x = x + self.mlp(self.ln_2(x))  # (B, T, C): each token thinks on its own
         return x
 
@@ -381,7 +423,8 @@ class GPT(nn.Module):
             block.attn.attention = kind
         return self
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None):
         """Logits for every position, and the loss when ``targets`` are given.
 
         idx:     (B, T) token ids, T <= block_size.
@@ -392,6 +435,9 @@ class GPT(nn.Module):
                  prompt tokens during fine-tuning).
         cache:   a KVCache when generating: idx then holds only the new tokens, which
                  sit at positions len(cache), len(cache) + 1, ...
+        attention_mask: (B, len(cache) + T) booleans, False at left padding (``left_pad``):
+                 prompts of different lengths in one batch. Each row gets its own positions
+                 and never attends to padding (``padding_positions_and_mask``). None: no padding.
         Returns (logits (B, T, vocab_size), loss or None).
         """
         B, T = idx.size()
@@ -402,16 +448,25 @@ class GPT(nn.Module):
                 f"{self.config.block_size}; crop it to the last {self.config.block_size} tokens "
                 f"first (idx[:, -{self.config.block_size}:]), as generate() does."
             )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        mask = None
+        if attention_mask is None:
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        else:
+            if attention_mask.shape != (B, start + T):
+                raise ValueError(f"GPT.forward: attention_mask has shape {tuple(attention_mask.shape)}; it needs "
+                                 f"one entry per token so far, cached ones included: {(B, start + T)}.")
+            pos, mask = padding_positions_and_mask(attention_mask, T)  # (B, T), (B, 1, T, S)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.position == "learned":
-            x = x + self.transformer.wpe(pos)  # (B, T, C): (T, C) broadcast over the batch
+            x = x + self.transformer.wpe(pos)  # (B, T, C): (T, C) broadcast over the batch, or (B, T, C)
         else:
-            rope = rope_cos_sin(pos, self.config.head_size, self.config.rope_theta)  # 2 x (T, hs)
+            rope = rope_cos_sin(pos, self.config.head_size, self.config.rope_theta)  # 2 x (T, hs) or (B, T, hs)
+            if pos.dim() == 2:
+                rope = tuple(t[:, None] for t in rope)  # 2 x (B, 1, T, hs): the same angles for every head
         x = self.transformer.drop(x)  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, cache, rope)  # (B, T, C)
+            x = block(x, cache, rope, mask)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None
@@ -439,16 +494,18 @@ class GPT(nn.Module):
         stop_ids: Iterable[int] | None = None,
         on_token: Callable[[int], None] | None = None,
         repetition_penalty: float = 1.0,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Append up to ``max_new_tokens`` tokens to ``idx`` (B, T); return (B, T + new).
 
-        The one generation loop of the course: samples in 05, the chat box and the
-        terminal chat, format adherence, preference data.
+        The one generation loop of the course: samples in 05, every chat reply (``utils.replies``).
 
         - temperature=0 is greedy (argmax); top_k / top_p keep only the k most likely
           tokens / the smallest set whose probability reaches p; ``repetition_penalty``
           > 1 makes every token already in the text less likely (CTRL's rule, as
           ``transformers``): a cure for the loops small and quantized models fall into.
+        - ``attention_mask`` (B, T): False at left padding (``left_pad``), so prompts of
+          different lengths share one batch; each row gets the tokens it would get alone.
         - With ``use_cache`` each step feeds only the newest token and reuses the
           cached keys and values. Once the text outgrows block_size, the window slides
           and every position changes, so cached keys are stale: both paths then
@@ -466,6 +523,11 @@ class GPT(nn.Module):
             raise ValueError(f"generate: on_token streams one conversation; got a batch of {idx.size(0)}.")
         if repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty={repetition_penalty}; use 1.0 (off) or a number > 1.")
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        real = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.bool()  # (B, T)
+        if real.shape != idx.shape or not bool(real[:, -1].all()):
+            raise ValueError("generate: attention_mask must have idx's shape and pad on the left (left_pad), "
+                             "so that every row's last token is a real one.")
         stop = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=idx.device)  # (n_stop,)
         was_training = self.training
         self.eval()
@@ -474,18 +536,20 @@ class GPT(nn.Module):
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
         for _ in range(max_new_tokens):
             if cache is not None and len(cache) < block_size:
-                logits, _ = self(idx[:, -1:], cache=cache)  # (B, 1, V): only the newest token
+                logits, _ = self(idx[:, -1:], cache=cache, attention_mask=real if padded else None)  # (B, 1, V)
             else:  # first step, no cache, or the window is full: run the whole (cropped) context
-                context = idx[:, -block_size:]  # (B, <=block_size)
+                context, context_real = idx[:, -block_size:], real[:, -block_size:]  # (B, <=block_size)
                 room_left = context.size(1) < block_size
                 cache = KVCache(self.config.n_layer) if use_cache and room_left else None
-                logits, _ = self(context, cache=cache)  # (B, T, V)
+                logits, _ = self(context, cache=cache, attention_mask=context_real if padded else None)  # (B, T, V)
             last = logits[:, -1, :]  # (B, V)
             if repetition_penalty != 1.0:
-                last = penalize_repetition(last, idx, repetition_penalty)  # (B, V)
+                seen = torch.where(real, idx, idx[:, -1:])  # (B, T): padding replaced by a token the row has
+                last = penalize_repetition(last, seen, repetition_penalty)  # (B, V)
             next_id = sample_next_token(last, temperature, top_k, top_p, generator)  # (B, 1)
             next_id = torch.where(finished[:, None], idx[:, -1:], next_id)  # (B, 1): finished rows repeat their stop
             idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+            real = torch.cat([real, torch.ones_like(next_id, dtype=torch.bool)], dim=1)  # (B, T + 1)
             is_stop = torch.isin(next_id[:, 0], stop)  # (B,)
             if on_token is not None and not bool(is_stop[0]):
                 on_token(int(next_id[0, 0]))
