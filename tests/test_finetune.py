@@ -1,4 +1,4 @@
-"""Tests of utils.finetune, the chat metrics of utils.evaluation and utils.talk: SFT, LoRA, export, replies, the CLI."""
+"""Tests of utils.finetune, the chat metrics of utils.evaluation and utils.talk: SFT, LoRA, export, the CLI."""
 
 import copy
 import os
@@ -21,7 +21,8 @@ from utils.chat import (
     encode_dataset,
     format_prompt,
 )
-from utils.talk import generate_reply, load_chat_model, reply_to
+from utils.replies import reply_to
+from utils.talk import load_chat_model
 from utils.model import GPT, GPTConfig
 from utils.tokenization import train_course_tokenizer
 from utils.training import TrainConfig
@@ -170,19 +171,6 @@ def test_checkpoint_vocabulary_mismatch_is_refused(tokenizer, tmp_path):
         load_chat_model(tmp_path / "missing")
 
 
-def test_generate_reply_crops_old_turns_streams_and_stops(tokenizer):
-    model = tiny_gpt(tokenizer, block_size=40)
-    long_chat = CONVERSATIONS[2] * 3 + [{"role": "user", "content": "and you?"}]
-    ids = crop_prompt(tokenizer, long_chat, block_size=40, max_new_tokens=16)
-    assert len(ids) <= 24 and ids[-3:] == format_prompt(tokenizer, long_chat[-1:])[-3:]
-    pieces = []
-    reply = generate_reply(model, tokenizer, long_chat, max_new_tokens=30, temperature=0.0, stream=pieces.append)
-    assert reply == "".join(pieces)
-    assert "<|" not in reply
-    with pytest.raises(ChatFormatError, match="last user message"):
-        crop_prompt(tokenizer, [{"role": "user", "content": "why? " * 40}], block_size=40, max_new_tokens=8)
-
-
 def test_cli_answers_piped_messages(tokenizer, tmp_path):
     model = tiny_gpt(tokenizer)
     ckpt.save_model(model, tmp_path, "chat", len(tokenizer))
@@ -201,53 +189,15 @@ def test_cli_answers_piped_messages(tokenizer, tmp_path):
     assert bad.returncode == 2 and "not a checkpoint" in bad.stderr
 
 
-class ScriptedModel(torch.nn.Module):
-    """Stands in for a GPT whose next tokens we choose: generate() appends ``script`` as GPT.generate would."""
-
-    def __init__(self, script, block_size=64):
-        super().__init__()
-        self.script = script
-        self.config = GPTConfig(vocab_size=400, block_size=block_size, n_layer=1, n_head=1, n_embd=8)
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-
-    def generate(self, idx, max_new_tokens, stop_ids=None, on_token=None, **sampling):
-        for token in self.script[:max_new_tokens]:
-            idx = torch.cat([idx, torch.tensor([[token]])], dim=1)
-            if token in stop_ids:
-                break
-            if on_token is not None:
-                on_token(token)
-        return idx
-
-
-def test_reply_streams_whole_characters_and_tells_how_it_stopped(tokenizer):
-    user = [{"role": "user", "content": "hi"}]
-    e_acute = tokenizer.convert_tokens_to_ids(["Ã", "©"])  # the two UTF-8 bytes of "é", one token each
-    ok = tokenizer.encode("ok", add_special_tokens=False)
-    end, user_marker = tokenizer.convert_tokens_to_ids(["<|end|>", "<|user|>"])
-    pieces = []
-    reply = reply_to(ScriptedModel(ok + e_acute + [end]), tokenizer, user, stream=pieces.append)
-    assert reply.text == "oké" and "".join(pieces) == "oké" and "\ufffd" not in "".join(pieces)
-    assert reply.ended and reply.stop_id == end and reply.token_ids == ok + e_acute
-    # the model starts writing the user's turn: the reply stops there, but it did not close its turn
-    wandering = reply_to(ScriptedModel(ok + [user_marker] + ok), tokenizer, user)
-    assert wandering.text == "ok" and not wandering.ended and wandering.stop_id == user_marker
-    rambling = reply_to(ScriptedModel(ok * 20), tokenizer, user, max_new_tokens=6)
-    assert rambling.stop_id is None and not rambling.ended and len(rambling.token_ids) == 6
-
-
 def test_format_adherence_measures_the_chat_box_replies(tokenizer, examples):
-    """chat_replies and the chat box (generate_reply) give the same greedy reply: one path, one stop rule."""
+    """Format adherence is the share of the chat box's greedy replies (one path, one stop rule) that end their turn."""
     model = tiny_gpt(tokenizer)
     ft.fine_tune(model, tokenizer, examples, examples, sft_cfg(30))
-    replies = evaluation.chat_replies(model, tokenizer, CONVERSATIONS, max_new_tokens=12)
-    assert len(replies) == len(CONVERSATIONS)
-    for conversation, row in zip(CONVERSATIONS, replies):
-        assert row["reply"] == generate_reply(model, tokenizer, row["prompt"], max_new_tokens=12, temperature=0.0)
-        prompt = torch.tensor([crop_prompt(tokenizer, row["prompt"], model.config.block_size, 12)])
-        direct = model.generate(prompt, 12, temperature=0.0, stop_ids=tokenizer.all_special_ids)[0, prompt.size(1):]
-        assert row["ended"] == (direct[-1].item() == tokenizer.convert_tokens_to_ids("<|end|>"))
-    assert evaluation.format_adherence(model, tokenizer, CONVERSATIONS, 12) == sum(r["ended"] for r in replies) / 6
+    shares = ft.format_adherence_by_position(model, tokenizer, CONVERSATIONS, 12)
+    for position, share in shares.items():
+        ended = [reply_to(model, tokenizer, ft.prompt_at(c, position), 12).ended for c in CONVERSATIONS]
+        assert share == sum(ended) / len(CONVERSATIONS), position
+    assert 0 < sum(shares.values()) < 3  # the fine-tuned model ends some replies and not others: a share can move
 
 
 def test_lora_trains_the_chat_token_rows_tied_and_merges_them(tokenizer, examples):
@@ -306,6 +256,20 @@ def test_prompts_at_first_middle_and_last_turns():
     assert ft.evaluation_conversations([short, no_reply, LONG_CHAT, short, LONG_CHAT], n=1) == [LONG_CHAT]
     with pytest.raises(ValueError, match="position"):
         ft.prompt_at(LONG_CHAT, "end")
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a GPT whose next tokens we choose: generate() appends ``script`` to every row."""
+
+    def __init__(self, script, block_size=64):
+        super().__init__()
+        self.script = script
+        self.config = GPTConfig(vocab_size=400, block_size=block_size, n_layer=1, n_head=1, n_embd=8)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, idx, max_new_tokens, stop_ids=None, **sampling):
+        script = torch.tensor(self.script[:max_new_tokens]).expand(idx.size(0), -1)  # (B, new)
+        return torch.cat([idx, script], dim=1)
 
 
 def test_format_adherence_by_position_counts_replies_that_close_their_turn(tokenizer):

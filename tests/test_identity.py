@@ -357,16 +357,6 @@ def test_the_anchor_is_cross_entropy_plus_torchs_kl_on_anchored_rows_only(tokeni
         assert loss.item() == pytest.approx(model(xv, yv)[1].item(), rel=1e-5)
 
 
-def test_answers_of_same_length_prompts_in_one_batch_equal_one_at_a_time(tokenizer, one_thread):
-    from utils.identity import answer_questions
-
-    model = tiny_gpt(len(tokenizer)).eval()
-    questions = ["What is your name?", "Who is your maker?", "Who made you?", "What can you do?"]
-    together = answer_questions(model, tokenizer, questions, max_new_tokens=6)
-    alone = answer_questions(model, tokenizer, questions, max_new_tokens=6, batch_size=1)
-    assert together == alone and all(isinstance(r, str) for r in together)
-
-
 def course_config(tmp_path):
     from utils import config
 

@@ -272,7 +272,7 @@ def test_06s_gpt2_chat_cell_on_hub_folders(gpt2_folder, tmp_path, private_datase
     from utils import finetune as ft
     from utils import training
     from utils.chat import add_chat_tokens, encode_dataset
-    from utils.talk import generate_reply
+    from utils.replies import reply_to
 
     gpt2_tokenizer = add_chat_tokens(AutoTokenizer.from_pretrained(str(gpt2_folder)))  # 06: "openai-community/gpt2"
     gpt2 = GPT.from_pretrained(str(gpt2_folder))  # 06: GPT.from_pretrained("gpt2")
@@ -287,6 +287,6 @@ def test_06s_gpt2_chat_cell_on_hub_folders(gpt2_folder, tmp_path, private_datase
     metrics = ft.fine_tune(gpt2, gpt2_tokenizer, gpt2_train, gpt2_val, gpt2_cfg, out_dir=tmp_path / "gpt2_chat")
     after = evaluation.assistant_perplexity(gpt2, gpt2_val, gpt2_tokenizer.pad_token_id)
     assert metrics["iters"] == 2 and math.isfinite(before) and math.isfinite(after) and after != before
-    reply = generate_reply(gpt2, gpt2_tokenizer, [{"role": "user", "content": "What is a language model?"}],
-                           max_new_tokens=5, temperature=0.7, generator=torch.Generator(device="cpu").manual_seed(0))
-    assert isinstance(reply, str)
+    reply = reply_to(gpt2, gpt2_tokenizer, [{"role": "user", "content": "What is a language model?"}],
+                     max_new_tokens=5, temperature=0.7, generator=torch.Generator(device="cpu").manual_seed(0))
+    assert isinstance(reply.text, str)

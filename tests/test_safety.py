@@ -176,27 +176,14 @@ def tiny_chat_model(block_size=64):
     return model, tokenizer
 
 
-def test_chat_generate_fn_batched_replies_equal_one_at_a_time_replies():
-    """Batching prompts of the same length changes nothing: greedy replies equal reply_to's, one by one."""
-    from utils.talk import generate_reply
+def test_chat_generate_fn_asks_each_prompt_as_a_new_chat_through_the_one_reply_path():
+    from utils.replies import generate_replies
 
-    model, tokenizer = tiny_chat_model()
-    prompts = ["How do I boil an egg?", "Tell me a joke about cats.", "How do I boil an egg?", "Hi"]
-    replies = chat_generate_fn(model, tokenizer, max_new_tokens=12, temperature=0)(prompts)
-    assert len(replies) == 4 and replies[0] == replies[2] and all(replies)
-    for prompt, reply in zip(prompts, replies):
-        assert reply == generate_reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens=12,
-                                       temperature=0)
-
-
-def test_chat_generate_fn_keeps_the_end_of_a_prompt_too_long_for_the_context():
     model, tokenizer = tiny_chat_model(block_size=24)
-    end = "Tell me a joke about cats, please. How do I boil an egg? " * 2
-    generate = chat_generate_fn(model, tokenizer, max_new_tokens=8, temperature=0)
-    one, other, short = generate(["Hi there. " * 30 + end, "Cats are nice, eggs too. " * 30 + end, "Hi"])
-    assert one == other != ""  # only the end of each prompt was kept, and the ends are the same
-    with pytest.raises(ValueError, match="chat format alone"):  # <|user|> <|end|> <|assistant|> + 1 token > 3
-        chat_generate_fn(tiny_chat_model(block_size=6)[0], tokenizer, max_new_tokens=4)(["Hi"])
+    prompts = ["How do I boil an egg?", "Tell me a joke about cats.", "Hi there. " * 30 + "How do I boil an egg?"]
+    replies = chat_generate_fn(model, tokenizer, max_new_tokens=8, temperature=0, system="Be kind.")(prompts)
+    chats = [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": p}] for p in prompts]
+    assert replies == [r.text for r in generate_replies(model, tokenizer, chats, 8)] and all(replies)
 
 
 # ---- moderation and red-teaming -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of utils.talk: the chat box's reply function, SmolLM2 (or your fine-tuned copy) in the terminal chat."""
+"""Tests of utils.talk: the terminal chat, and SmolLM2 (or your fine-tuned copy) in it."""
 
 import io
 import sys
@@ -33,50 +33,9 @@ def own_template():
     return tokenizer
 
 
-class Scripted(torch.nn.Module):
-    """Stands in for a GPT whose next tokens we choose: generate() appends ``script`` as GPT.generate would."""
-
-    def __init__(self, script):
-        super().__init__()
-        self.script = script
-        self.config = GPTConfig(vocab_size=60000, block_size=64, n_layer=1, n_head=1, n_embd=8)
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-
-    def generate(self, idx, max_new_tokens, stop_ids=None, on_token=None, **sampling):
-        for token in self.script[:max_new_tokens]:
-            idx = torch.cat([idx, torch.tensor([[token]])], dim=1)
-            if token in stop_ids:
-                break
-        return idx
-
-
 def tiny(vocab_size, seed=0):
     torch.manual_seed(seed)
     return GPT(GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16))
-
-
-def test_reply_fn_streams_and_repeats_with_a_seed(course):
-    model = tiny(len(course))
-    pieces = []
-    reply = talk.reply_fn(model, course, max_new_tokens=8, seed=3)
-    first = reply([{"role": "user", "content": "hello"}], pieces.append, temperature=1.0)
-    assert first == "".join(pieces)
-    again = talk.reply_fn(model, course, max_new_tokens=8, seed=3)([{"role": "user", "content": "hello"}],
-                                                                   temperature=1.0)
-    assert again == first  # same seed, same sampled reply: the generator is the function's own
-
-
-def test_a_tokenizer_with_its_own_template_chats_in_its_own_format(own_template):
-    messages = [{"role": "user", "content": "Hi"}]
-    ids = format_prompt(own_template, messages)
-    assert own_template.decode(ids) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    assert end_of_turn_id(own_template) == own_template.convert_tokens_to_ids("<|im_end|>")
-    ok = own_template.encode("ok", add_special_tokens=False)
-    reply = talk.reply_to(Scripted(ok + [end_of_turn_id(own_template)]), own_template, messages, max_new_tokens=5)
-    assert reply.ended and reply.text == "ok"  # <|im_end|> closes the turn, as <|end|> does in the course format
-    start = own_template.convert_tokens_to_ids("<|im_start|>")
-    wandering = talk.reply_to(Scripted(ok + [start]), own_template, messages, max_new_tokens=5)
-    assert wandering.text == "ok" and not wandering.ended
 
 
 def save_yours_like(folder, tokenizer, name="Pip", maker="Alex"):

@@ -536,12 +536,14 @@ def prompt_budget(block_size: int, max_new_tokens: int) -> int:
     return max(block_size - max_new_tokens, block_size // 2)
 
 
-def crop_prompt(tokenizer, messages, block_size: int, max_new_tokens: int = 0) -> list[int]:
+def crop_prompt(tokenizer, messages, block_size: int, max_new_tokens: int = 0, crop_long_message: bool = False) -> list[int]:
     """``format_prompt`` ids of the newest turns that fit ``prompt_budget``; the system message stays.
 
     Our decision for a chat longer than the context: drop the *oldest* user/assistant
-    pairs, never cut a message in the middle. When the system message and the last user message alone do not fit, raise
-    ``ChatFormatError`` saying by how much (shorten the message, or /reset).
+    pairs, never cut a message in the middle. When the system message and the last user
+    message alone do not fit: with ``crop_long_message`` keep the *end* of that message (a
+    measurement that asks many prompts of a small model), else raise ``ChatFormatError``
+    saying by how much (a chat box: the person can write a shorter message, or /reset).
     """
     conversation = messages if isinstance(messages, dict) else {"messages": messages}
     messages = list(conversation["messages"])
@@ -552,6 +554,12 @@ def crop_prompt(tokenizer, messages, block_size: int, max_new_tokens: int = 0) -
     while len(ids) > budget and len(turns) > 1:
         turns = turns[2:]  # the oldest user message and the reply to it
         ids = format_prompt(tokenizer, system + turns)
+    if len(ids) > budget and crop_long_message:
+        text_ids = tokenizer.encode(turns[-1]["content"], add_special_tokens=False)
+        keep = len(text_ids) - (len(ids) - budget)  # the format's tokens stay; the text gives up the rest
+        while keep >= 1 and len(ids) > budget:
+            ids = format_prompt(tokenizer, system + [{"role": "user", "content": tokenizer.decode(text_ids[-keep:])}])
+            keep -= 1  # decoding and encoding again can merge differently: one token shorter until it fits
     if len(ids) > budget:
         raise ChatFormatError(
             f"prompt: the last user message (with the system message) takes {len(ids)} tokens, but the "

@@ -24,9 +24,8 @@ returns ``(logits, loss)``) and with a ``transformers`` causal LM (returns an ou
 with ``.logits``), so GPT-2's perplexity can be computed on the same ids.
 
 A chat model (06) is judged on its replies: **assistant perplexity** scores only the
-assistant tokens of held-out conversations, and **format adherence** is the share of
-replies the model closes with ``<|end|>``, generated exactly as the chat box does
-(``utils.talk.reply_to``).
+assistant tokens of held-out conversations (format adherence, the share of replies the
+model closes with ``<|end|>``, is ``utils.finetune.format_adherence_by_position``).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from utils.chat import IGNORE_INDEX, ChatCollator, ChatFormatError, shifted_targets
+from utils.chat import IGNORE_INDEX, ChatCollator, shifted_targets
 
 __all__ = [
     "perplexity",
@@ -57,8 +56,6 @@ __all__ = [
     "repetition_rate",
     "assistant_losses",
     "assistant_perplexity",
-    "chat_replies",
-    "format_adherence",
     "model_logits",
     "model_block_size",
     "model_device",
@@ -588,43 +585,3 @@ def assistant_perplexity(model, examples, pad_id: int, batch_size: int = 16) -> 
     if count == 0:
         raise ValueError("assistant_perplexity: the examples contain no assistant tokens.")
     return math.exp(total / count)
-
-
-def chat_replies(model, tokenizer, conversations, max_new_tokens: int = 32, temperature: float = 0.0,
-                 seed: int = 0) -> list[dict]:
-    """For each conversation: the model's reply to its first user turn (with the system message).
-
-    Returns ``{"prompt": messages, "reply": text, "ended": bool, "n_tokens": int}``; ``ended`` is
-    True when the model closed its reply with ``<|end|>`` within ``max_new_tokens``. The replies
-    come from ``utils.talk.reply_to``, the chat box's own path: the same prompt, the same
-    generation loop and the same stop rule (any special token). A conversation whose first
-    message does not fit the context is left out.
-    """
-    from utils.talk import reply_to
-
-    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
-    out = []
-    for conversation in conversations:
-        messages = conversation["messages"] if isinstance(conversation, dict) else conversation
-        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        prompt_messages = messages[:first_user + 1]
-        try:
-            reply = reply_to(model, tokenizer, prompt_messages, max_new_tokens, temperature=temperature,
-                             top_k=50 if temperature else None, generator=generator)
-        except ChatFormatError:
-            continue  # a first message longer than the context: nothing fair to ask
-        out.append({"prompt": prompt_messages, "reply": reply.text, "ended": reply.ended,
-                    "n_tokens": len(reply.token_ids)})
-    return out
-
-
-def format_adherence(model, tokenizer, conversations, max_new_tokens: int = 32) -> float:
-    """Share of greedy replies that end with ``<|end|>`` within ``max_new_tokens``.
-
-    A pretrained model has never seen ``<|end|>`` used: it rambles on, writes the
-    user's next line too, or stops nowhere. After SFT it should close its turn.
-    """
-    replies = chat_replies(model, tokenizer, conversations, max_new_tokens)
-    if not replies:
-        raise ValueError("format_adherence: no conversation's first user turn fits in the model's context.")
-    return sum(r["ended"] for r in replies) / len(replies)

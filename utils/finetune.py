@@ -39,6 +39,7 @@ from utils.chat import (
     validate_chat,
 )
 from utils.model import GPT
+from utils.replies import generate_replies
 
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # every Linear inside the blocks (c_proj: attention and MLP)
 
@@ -305,25 +306,14 @@ def evaluation_conversations(conversations, n: int, min_pairs: int = 3) -> list:
 def format_adherence_by_position(model, tokenizer, conversations, max_new_tokens: int = 32) -> dict[str, float]:
     """Per position (first, middle, last user turn): the share of greedy replies that end with ``<|end|>``.
 
-    Each reply comes from ``utils.talk.reply_to``, the chat box's own path (same prompt
-    cropping, generation loop and stop rule), within ``max_new_tokens``. A prompt whose
-    last user message alone does not fit the context is left out.
+    The replies come from ``utils.replies.generate_replies``, the chat box's own path (same
+    prompt cropping, generation loop and stop rule), within ``max_new_tokens``; every
+    conversation's prompts at one position go through the model as one batch.
     """
-    from utils.talk import reply_to
-
     shares = {}
     for position in POSITIONS:
-        ended = []
-        for conversation in conversations:
-            try:
-                reply = reply_to(model, tokenizer, prompt_at(conversation, position), max_new_tokens,
-                                 temperature=0.0, top_k=None)
-            except ChatFormatError:
-                continue  # a user message longer than the context: nothing fair to ask
-            ended.append(reply.ended)
-        if not ended:
-            raise ValueError(f"format_adherence_by_position: no {position}-turn prompt fits the model's context.")
-        shares[position] = sum(ended) / len(ended)
+        replies = generate_replies(model, tokenizer, [prompt_at(c, position) for c in conversations], max_new_tokens)
+        shares[position] = sum(r.ended for r in replies) / len(replies)
     return shares
 
 

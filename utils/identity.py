@@ -37,7 +37,6 @@ import torch
 from utils import checkpoint as ckpt
 from utils import training
 from utils.anchor import AnchoredLoss, reference_log_probs
-from utils.chat_spans import template_ids
 from utils.finetune import apply_lora, merge_lora, trainable_parameters
 from utils.identity_data import (
     FACTS_FILE,
@@ -57,6 +56,7 @@ from utils.identity_data import (
     with_system,
 )
 from utils.io import write_json_atomically
+from utils.replies import generate_replies
 from utils.top_blocks import TopBlocks, block_inputs
 
 YOURS = "smollm2-yours"  # the folder under cfg.paths.checkpoints
@@ -186,36 +186,6 @@ def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
 # --------------------------------------------------------------------------- asking questions
 
 
-@torch.no_grad()
-def answer_questions(model, tokenizer, questions: list[str], max_new_tokens: int, system: str = SYSTEM_PROMPT,
-                     repetition_penalty: float = 1.0, batch_size: int = 8) -> list[str]:
-    """The greedy reply to each question (one user turn behind ``system``), stopped at ``<|im_end|>``.
-
-    Questions whose prompts have the same number of tokens are answered together, in one
-    batch: no padding is needed, so each row is the question's own greedy reply, and on a
-    CPU a batch of 8 costs little more than one row (reading the weights dominates).
-    """
-    device = next(model.parameters()).device
-    stop = tokenizer.eos_token_id  # <|im_end|>
-    prompts = [template_ids(tokenizer, with_system([{"role": "user", "content": q}], system),
-                            add_generation_prompt=True) for q in questions]
-    same_length = defaultdict(list)
-    for i, prompt in enumerate(prompts):
-        same_length[len(prompt)].append(i)
-    replies = [""] * len(prompts)
-    for length, rows in sorted(same_length.items()):
-        for first in range(0, len(rows), batch_size):
-            chunk = rows[first:first + batch_size]
-            idx = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)  # (b, T)
-            out = model.generate(idx, max_new_tokens, temperature=0, stop_ids=[stop],
-                                 repetition_penalty=repetition_penalty)  # (b, T + new)
-            for row, i in enumerate(chunk):
-                new = out[row, length:].tolist()
-                new = new[:new.index(stop)] if stop in new else new
-                replies[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return replies
-
-
 @dataclass
 class Score:
     """How many questions a model answered correctly, and its replies."""
@@ -239,7 +209,8 @@ class Score:
 def evaluate(model, tokenizer, questions: list[Question], max_new_tokens: int, system: str = SYSTEM_PROMPT) -> Score:
     """Ask every question (greedy) and score each reply with ``is_correct``."""
     start = time.perf_counter()
-    replies = answer_questions(model, tokenizer, [q.question for q in questions], max_new_tokens, system)
+    conversations = [with_system([{"role": "user", "content": q.question}], system) for q in questions]
+    replies = [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens)]
     return Score(questions, replies, [is_correct(r, q) for r, q in zip(replies, questions)],
                  time.perf_counter() - start)
 

@@ -44,6 +44,7 @@ from utils.chat_spans import IGNORE_INDEX, encode_chat, template_ids
 from utils.config import REPO_ROOT
 from utils.identity_data import SYSTEM_PROMPT, with_system
 from utils.io import read_jsonl, write_atomically, write_json_atomically
+from utils.replies import generate_replies
 
 HANDWRITTEN_FILE = REPO_ROOT / "data" / "preferences" / "handwritten.jsonl"
 HUB_DATASET = "HuggingFaceH4/ultrafeedback_binarized"
@@ -127,38 +128,14 @@ def prompt_ids(tokenizer, prompt: str, system: str = SYSTEM_PROMPT) -> list[int]
                         add_generation_prompt=True)
 
 
-@torch.no_grad()
 def sample_replies(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, temperature: float = 0.8,
                    top_k: int | None = 50, generator: torch.Generator | None = None, system: str = SYSTEM_PROMPT,
                    max_rows: int = 16) -> list[list[Reply]]:
-    """``k`` sampled replies to each prompt (``GPT.generate``), stopped at the first special token.
-
-    Our GPT has no padding mask, so only prompts of the same token length share a batch:
-    each prompt's ``k`` rows, and the rows of other prompts of that length, up to
-    ``max_rows`` rows per ``generate`` call.
-    """
-    device = next(model.parameters()).device
-    end_id = tokenizer.eos_token_id  # <|im_end|> for SmolLM2
-    stop_ids = sorted(set(tokenizer.all_special_ids))
-    encoded = [prompt_ids(tokenizer, p, system) for p in prompts]
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
-    replies: list[list[Reply]] = [[] for _ in prompts]
-    per_call = max(1, max_rows // k)
-    for length, group in sorted(by_length.items()):
-        for first in range(0, len(group), per_call):
-            chunk = group[first:first + per_call]
-            idx = torch.tensor([encoded[i] for i in chunk for _ in range(k)], dtype=torch.long, device=device)
-            out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
-                                 stop_ids=stop_ids)  # (len(chunk) * k, length + new)
-            for row, tokens in enumerate(out[:, length:].tolist()):
-                stops = [j for j, t in enumerate(tokens) if t in stop_ids]
-                written = tokens[:stops[0]] if stops else tokens
-                ended = bool(stops) and tokens[stops[0]] == end_id
-                text = tokenizer.decode(written, skip_special_tokens=True).strip()
-                replies[chunk[row // k]].append(Reply(text, len(written), ended))
-    return replies
+    """``k`` sampled replies to each prompt, asked as the one user turn behind ``system`` (``generate_replies``)."""
+    conversations = [with_system([{"role": "user", "content": p}], system) for p in prompts for _ in range(k)]
+    flat = generate_replies(model, tokenizer, conversations, max_new_tokens, temperature=temperature, top_k=top_k,
+                            generator=generator, batch_size=max_rows)
+    return [[Reply(r.text, r.n_tokens, r.ended) for r in flat[i * k:(i + 1) * k]] for i in range(len(prompts))]
 
 
 def score_toxicity(replies: list[Reply], scorer: Callable | None = None) -> None:

@@ -596,58 +596,22 @@ Generate = Callable[[list[str]], list[str]]  # prompts -> one reply each; sample
 
 def chat_generate_fn(model, tokenizer, max_new_tokens: int = 48, temperature: float = 0.8, top_k: int | None = 50,
                      top_p: float | None = None, repetition_penalty: float = 1.0,
-                     generator: torch.Generator | None = None, batch_size: int = 16) -> Generate:
+                     generator: torch.Generator | None = None, batch_size: int = 16,
+                     system: str | None = None) -> Generate:
     """``prompts -> replies`` of a chat model, each prompt asked as the one user turn of a new chat.
 
-    The prompt and the stop rule are ``utils.talk.reply_to``'s: the tokenizer's chat template
-    (the course's format, or SmolLM2's own) with the generation prompt; ``GPT.generate``
-    writes until the first special token (``<|end|>``, ``<|im_end|>``, ...). Prompts of the same
-    token length go through ``generate`` together, one batch: our GPT has no padding mask,
-    so the rows of a batch must be equally long, and a batch costs far less than its rows one
-    by one (each step reads the weights once for all of them). A prompt too long for a small
-    model's context keeps its last tokens
-    (moderation still scores the whole prompt). ``generator``: on the model's device.
+    The replies are ``utils.replies.generate_replies``'s, the chat box's own path; a prompt too
+    long for a small model's context keeps its end (moderation still scores the whole prompt).
+    ``system``: a system message before every prompt. ``generator``: on the model's device.
     """
-    from utils.chat import prompt_budget, template_ids
-    from utils.evaluation import model_block_size, model_device
+    from utils.replies import generate_replies
 
-    device = model_device(model)
-    block_size = model_block_size(model)
-    budget = prompt_budget(block_size, max_new_tokens) if block_size is not None else None
-    stop_ids = sorted(set(tokenizer.all_special_ids))
-
-    def prompt_ids(prompt: str) -> list[int]:
-        ids = template_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-        text_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        keep = len(text_ids)
-        while budget is not None and len(ids) > budget and keep > 1:
-            keep -= 1  # the end of the message, a token shorter
-            ids = template_ids(tokenizer, [{"role": "user", "content": tokenizer.decode(text_ids[-keep:])}],
-                               add_generation_prompt=True)
-        if budget is not None and len(ids) > budget:
-            raise ValueError(f"chat_generate_fn: the chat format alone takes {len(ids)} tokens, more than the "
-                             f"prompt budget of {budget}; ask for fewer than {max_new_tokens} new tokens.")
-        return ids
+    start = [{"role": "system", "content": system}] if system else []
 
     def generate(prompts: list[str]) -> list[str]:
-        prompts = _check_texts(prompts, "chat_generate_fn")
-        encoded = [prompt_ids(p) for p in prompts]
-        same_length: dict[int, list[int]] = {}
-        for i, ids in enumerate(encoded):
-            same_length.setdefault(len(ids), []).append(i)
-        replies = [""] * len(prompts)
-        for length, rows in sorted(same_length.items()):
-            for first in range(0, len(rows), batch_size):
-                chunk = rows[first:first + batch_size]
-                idx = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)  # (b, T)
-                out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     generator=generator, stop_ids=stop_ids,
-                                     repetition_penalty=repetition_penalty)  # (b, T + new)
-                for row, i in enumerate(chunk):
-                    new = out[row, length:].tolist()
-                    ends = [k for k, token in enumerate(new) if token in stop_ids]
-                    replies[i] = tokenizer.decode(new[:ends[0]] if ends else new, skip_special_tokens=True)
-        return replies
+        conversations = [start + [{"role": "user", "content": p}] for p in _check_texts(prompts, "chat_generate_fn")]
+        return [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens, temperature, top_k,
+                                                 top_p, repetition_penalty, generator, batch_size)]
 
     return generate
 

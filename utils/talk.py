@@ -1,110 +1,13 @@
-"""Talking to a chat model: one reply, streamed as it is written, and the terminal chat.
+"""The terminal chat, and loading a chat model to talk to.
 
-Notebook 06's chat boxes, the terminal chat (``python -m utils.chat --checkpoint DIR`` or
-``--model smollm2``), 07's red-team prompts and 06's format-adherence metric all get their
-replies from ``reply_to``, so they measure the same behaviour:
-
-- the prompt is the conversation in the model's chat format plus the generation prompt
-  (``utils.chat.crop_prompt``: the oldest whole turns go when it does not fit): the course's
-  ``<|user|>...<|end|><|assistant|>``, or a tokenizer's own template (SmolLM2's);
-- the tokens come from ``GPT.generate``, the course's one generation loop (KV cache,
-  sliding window, temperature / top-k / top-p);
-- the reply ends at the first special token the model writes: ``<|end|>`` (SmolLM2:
-  ``<|im_end|>``) closes the turn properly; ``<|user|>`` or another special token means the
-  model began to write a part that is not its own, so it ends there too (and does not
-  count as a proper end).
+``python -m utils.chat --checkpoint DIR`` or ``--model smollm2``: the replies come from
+``utils.replies.chat_fn``, the chat box's own path (prompt, generation loop, stop rule).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
-from utils.chat import ChatFormatError, crop_prompt, end_of_turn_id
-
-
-@dataclass
-class Reply:
-    """What the model answered, and how it stopped."""
-
-    text: str  # the reply, without special tokens
-    token_ids: list[int]  # its tokens, without the stop token
-    stop_id: int | None  # the special token that ended it; None when max_new_tokens ran out
-    ended: bool  # True when that token was the end of turn (<|end|>): the model closed its turn as trained
-
-
-@torch.no_grad()
-def reply_to(model, tokenizer, messages, max_new_tokens: int = 64, temperature: float = 0.8,
-             top_k: int | None = 50, top_p: float | None = None, generator: torch.Generator | None = None,
-             stream=None, repetition_penalty: float = 1.0) -> Reply:
-    """The model's next assistant turn after ``messages`` (which end with the user's turn).
-
-    - The prompt is ``crop_prompt``: ``format_prompt`` of the newest whole turns that leave
-      room for the reply (a single message that is too long raises ``ChatFormatError``).
-    - ``GPT.generate`` writes at most ``max_new_tokens`` tokens and stops at any special
-      token of the tokenizer (``stop_ids``).
-    - ``stream``: called with each new piece of text as soon as it is known (a chat box, a
-      terminal). Pieces are whole characters: a character whose UTF-8 bytes span two
-      tokens is sent when its last byte arrives.
-    - ``generator``: a ``torch.Generator`` on the model's device, for reproducible sampling.
-    """
-    ids = crop_prompt(tokenizer, messages, model.config.block_size, max_new_tokens)
-    end_id = end_of_turn_id(tokenizer)
-    stop_ids = set(tokenizer.all_special_ids)
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-
-    written: list[int] = []
-    sent = ""  # the text already streamed
-
-    def on_token(token_id: int) -> None:
-        nonlocal sent
-        written.append(token_id)
-        text = tokenizer.decode(written, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
-            stream(text[len(sent):])
-            sent = text
-
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         generator=generator, stop_ids=stop_ids, on_token=on_token if stream else None,
-                         repetition_penalty=repetition_penalty)  # (1, T + new)
-    new = out[0, len(ids):].tolist()
-    stop_id = new[-1] if new and new[-1] in stop_ids else None  # generate stops right after a stop id
-    token_ids = new[:-1] if stop_id is not None else new
-    text = tokenizer.decode(token_ids, skip_special_tokens=True)
-    if stream is not None and text[len(sent):]:
-        stream(text[len(sent):])
-    return Reply(text, token_ids, stop_id, stop_id == end_id)
-
-
-def generate_reply(model, tokenizer, messages, max_new_tokens: int = 64, temperature: float = 0.8,
-                   top_k: int | None = 50, top_p: float | None = None, generator: torch.Generator | None = None,
-                   stream=None, repetition_penalty: float = 1.0) -> str:
-    """The text of ``reply_to``: the model's next assistant reply to ``messages``."""
-    return reply_to(model, tokenizer, messages, max_new_tokens, temperature, top_k, top_p, generator, stream,
-                    repetition_penalty).text
-
-
-def reply_fn(model, tokenizer, max_new_tokens: int = 64, seed: int | None = None, top_k: int | None = 50,
-             top_p: float | None = None, repetition_penalty: float = 1.0):
-    """``reply(messages, on_token, temperature=0.8) -> str``: this model's replies, streamed, for a chat box.
-
-    ``utils.widgets.chat_box(reply_fn(model, tokenizer))`` is 06's chat box. The sampling
-    generator lives on the model's device (a CPU generator cannot drive sampling on a GPU);
-    with ``seed`` the same conversation gets the same replies run after run.
-    """
-    generator = torch.Generator(device=next(model.parameters()).device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-
-    def reply(messages, on_token=None, temperature: float = 0.8) -> str:
-        return generate_reply(model, tokenizer, messages, max_new_tokens, temperature, top_k, top_p, generator,
-                              stream=on_token, repetition_penalty=repetition_penalty)
-
-    return reply
+from utils.chat import ChatFormatError, end_of_turn_id
+from utils.replies import chat_fn
 
 
 def not_a_chat_model(folder) -> str:
@@ -219,8 +122,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    reply = reply_fn(model, tokenizer, args.max_new_tokens, args.seed, args.top_k, args.top_p,
-                     args.repetition_penalty)
+    reply = chat_fn(model, tokenizer, args.max_new_tokens, args.seed, args.top_k, args.top_p,
+                    args.repetition_penalty)
     interactive = sys.stdin.isatty()
     start = [{"role": "system", "content": args.system}] if args.system else []
     history = list(start)
