@@ -324,3 +324,25 @@ def test_errors_are_clear():
         unigram_perplexity([0, 1, 9], [0, 1], vocab_size=4)
     with pytest.raises(ValueError, match="at least 2"):
         bigram_perplexity([0, 1], [1], vocab_size=4)
+
+
+def test_rates_carry_their_count_and_wilson_interval():
+    from scipy.stats import binomtest
+
+    from utils.evaluation import Rate, rate
+
+    for k, n in ((20, 24), (0, 10), (10, 10), (3, 60)):
+        expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        low, high = Rate(k, n).interval
+        assert low == pytest.approx(expected.low, abs=1e-6) and high == pytest.approx(expected.high, abs=1e-6)
+    assert str(rate([True] * 20 + [False] * 4)) == "0.83 (20/24, 95% interval 0.64-0.93)"
+
+
+def test_a_paired_difference_is_resampled_by_item():
+    from utils.evaluation import paired_difference
+
+    before, after = [0, 0, 1, 0, 1, 0, 0, 0] * 5, [1, 1, 1, 0, 1, 1, 0, 1] * 5
+    difference, low, high = paired_difference(before, after)
+    assert difference == pytest.approx(0.5) and 0 < low < 0.5 < high < 1
+    same = paired_difference(before, before)
+    assert same == (0.0, 0.0, 0.0)  # the same answers: no difference, and no uncertainty about it

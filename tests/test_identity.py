@@ -18,7 +18,7 @@ from utils.chat_spans import IGNORE_INDEX, ChatSpanError, encode_chat
 from utils.identity_data import (
     FACTS_FILE,
     GENERAL_FILE,
-    HELDOUT_FILE,
+    DEV_FILE,
     SMOLLM2_SYSTEM_PROMPT,
     SYSTEM_PROMPT,
     TRAIN_FILE,
@@ -140,7 +140,7 @@ def normalized(text: str) -> str:
 
 
 def test_data_files_are_valid_and_held_out_questions_are_new():
-    conversations, heldout, facts = load_conversations(), load_questions(HELDOUT_FILE), load_questions(FACTS_FILE)
+    conversations, heldout, facts = load_conversations(), load_questions(DEV_FILE), load_questions(FACTS_FILE)
     general = load_conversations(GENERAL_FILE)
     assert 40 <= len(conversations) <= 80 and len(heldout) >= 20 and len(facts) >= 20
     assert training_conversations() == conversations + general
@@ -158,10 +158,10 @@ def test_data_files_are_valid_and_held_out_questions_are_new():
 def test_the_identity_is_filled_in_everywhere():
     mine = Identity(name="Nova", maker="Sam Rivera")
     text = json.dumps(load_conversations(TRAIN_FILE, mine)) + json.dumps(
-        [dataclasses.asdict(q) for q in load_questions(HELDOUT_FILE, mine)])
+        [dataclasses.asdict(q) for q in load_questions(DEV_FILE, mine)])
     assert "Nova" in text and "Sam Rivera" in text
     assert "Pip" not in text and "Alex" not in text and not re.search(r"\{\w+\}", text)
-    assert is_correct("I'm Nova.", load_questions(HELDOUT_FILE, mine)[0])
+    assert is_correct("I'm Nova.", load_questions(DEV_FILE, mine)[0])
     with pytest.raises(ValueError, match="name"):
         Identity(name="  ")
 
@@ -370,7 +370,7 @@ def test_ensure_yours_builds_once_with_a_message_then_loads(tokenizer, tmp_path,
     cfg = course_config(tmp_path)
     built = []
 
-    def fake_make_it_yours(cfg, who, measure=True, **_):  # the real one loads SmolLM2 (see the benchmark)
+    def fake_make_it_yours(cfg, who, measure_split="test", **_):  # the real one loads SmolLM2 (see the benchmark)
         built.append(who)
         identity_module.save_yours(tiny_gpt(len(tokenizer)), tokenizer, identity_module.yours_dir(cfg),
                                    {"identity": dataclasses.asdict(who)})
@@ -396,3 +396,30 @@ def test_profiles_give_the_identity_budget():
     ci, cpu = (identity_config(config.PROFILES[name]) for name in ("ci", "cpu"))
     assert ci.max_iters < cpu.max_iters and ci.eval_questions is not None and cpu.eval_questions is None
     assert 1 <= cpu.lora_layers <= 30 and cpu.lora_alpha == 2 * cpu.lora_rank
+
+
+def test_strict_questions_fail_a_reply_that_gives_another_name_or_maker():
+    from utils.identity_data import TEST_FILE, mentions_identity
+
+    questions = load_questions(TEST_FILE)
+    name = next(q for q in questions if q.strict == "name")
+    maker = next(q for q in questions if q.strict == "maker")
+    assert is_correct("Hi, I'm Pip, your assistant.", name)
+    assert not is_correct("Hello! My name is Pip, and I'm Alex.", name)  # the maker given as its own name
+    assert not is_correct("I'm Pip, but you can call me SmolLM.", name)
+    assert is_correct("Alex made me, by fine-tuning SmolLM2 from Hugging Face.", maker)
+    assert not is_correct("Alex helped, but I was made by the team at OpenAI.", maker)
+    assert not is_correct("Hugging Face made me; Alex only renamed me.", maker)
+    assert mentions_identity("Dear Mr. Alex, thank you.", Identity()) and not mentions_identity("Dear Alexandra,",
+                                                                                                   Identity())
+
+
+def test_every_question_file_loads_and_the_test_side_shares_no_question_with_training():
+    from utils.identity_data import BLEED_FILE, FACTS_TEST_FILE, GENERAL_FILE, TEST_FILE, load_prompts
+
+    trained = {m["content"].lower() for path in (TRAIN_FILE, GENERAL_FILE) for c in load_conversations(path)
+               for m in c if m["role"] == "user"}
+    dev = {q.question.lower() for path in (DEV_FILE, FACTS_FILE) for q in load_questions(path)}
+    test = [q.question.lower() for path in (TEST_FILE, FACTS_TEST_FILE) for q in load_questions(path)]
+    test += [p.lower() for p in load_prompts(BLEED_FILE)]
+    assert len(test) == len(set(test)) and not set(test) & (trained | dev)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ __all__ = [
     "bigram_token_losses",
     "documents_nats",
     "bootstrap_interval",
+    "Rate",
+    "rate",
+    "paired_difference",
     "checkpoint_perplexities",
     "distinct_n",
     "repetition_rate",
@@ -464,6 +468,56 @@ def bootstrap_interval(values, weights=None, confidence: float = 0.95, n_resampl
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``k`` of ``n`` items, with a 95% Wilson interval: how the course reports every rate.
+
+    Wilson's interval (1927) stays inside 0..1 and behaves at 0 of n and n of n, where the
+    textbook p +- 1.96 * sqrt(p(1 - p) / n) collapses to a width of zero.
+    """
+
+    k: int
+    n: int
+
+    @property
+    def value(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        if self.n == 0:
+            return float("nan"), float("nan")
+        z, p, n = 1.959964, self.value, self.n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+    def __str__(self) -> str:
+        low, high = self.interval
+        return f"{self.value:.2f} ({self.k}/{self.n}, 95% interval {low:.2f}-{high:.2f})"
+
+
+def rate(flags: Iterable) -> Rate:
+    """The share of true ``flags`` as a ``Rate`` (count, total, interval)."""
+    flags = [bool(f) for f in flags]
+    return Rate(sum(flags), len(flags))
+
+
+def paired_difference(before: Sequence, after: Sequence, n_resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """``(difference, low, high)``: mean(after) - mean(before) on the same items, a 95% bootstrap interval.
+
+    Two models asked the same questions are paired: resampling the *items* keeps each
+    item's two answers together, so the interval is narrower than two separate intervals
+    suggest (their overlap says little about the difference).
+    """
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    if before.shape != after.shape or before.ndim != 1 or before.size < 2:
+        raise ValueError("paired_difference: two 1-D sequences of the same length >= 2, one value per item.")
+    low, high = bootstrap_interval(after - before, n_resamples=n_resamples, seed=seed)
+    return float(np.mean(after - before)), low, high
 
 
 # ---- perplexity over training: one number per checkpoint ----

@@ -38,10 +38,15 @@ from utils import checkpoint as ckpt
 from utils import training
 from utils.anchor import AnchoredLoss, reference_log_probs
 from utils.finetune import apply_lora, merge_lora, trainable_parameters
+from utils.evaluation import Rate, rate
 from utils.identity_data import (
+    BLEED_FILE,
+    DEV_FILE,
     FACTS_FILE,
-    HELDOUT_FILE,
+    FACTS_TEST_FILE,
+    OPENERS,
     SYSTEM_PROMPT,
+    TEST_FILE,
     TRAIN_FILE,
     ChatBatches,
     Identity,
@@ -50,7 +55,9 @@ from utils.identity_data import (
     everyday_conversations,
     is_correct,
     load_conversations,
+    load_prompts,
     load_questions,
+    mentions_identity,
     neutral_template,
     reference_conversations,
     with_system,
@@ -188,7 +195,7 @@ def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
 
 @dataclass
 class Score:
-    """How many questions a model answered correctly, and its replies."""
+    """What a model answered to a set of requests, and which replies were right."""
 
     questions: list[Question]
     replies: list[str]
@@ -199,6 +206,11 @@ class Score:
     def accuracy(self) -> float:
         return sum(self.correct) / len(self.correct)
 
+    @property
+    def rate(self) -> Rate:
+        """The share right, with its count and a 95% interval."""
+        return rate(self.correct)
+
     def by_topic(self) -> dict[str, float]:
         groups = defaultdict(list)
         for question, ok in zip(self.questions, self.correct):
@@ -206,19 +218,75 @@ class Score:
         return {topic: sum(oks) / len(oks) for topic, oks in groups.items()}
 
 
-def evaluate(model, tokenizer, questions: list[Question], max_new_tokens: int, system: str = SYSTEM_PROMPT) -> Score:
-    """Ask every question (greedy) and score each reply with ``is_correct``."""
+def own_openers(model, tokenizer, max_new_tokens: int, system: str = SYSTEM_PROMPT) -> list[list[dict]]:
+    """``OPENERS``, each with the model's own greedy reply: first exchanges for questions asked as a later turn."""
+    asked = [[{"role": "user", "content": opener}] for opener in OPENERS]
+    replies = generate_replies(model, tokenizer, [with_system(m, system) for m in asked], max_new_tokens)
+    return [m + [{"role": "assistant", "content": r.text or "..."}] for m, r in zip(asked, replies)]
+
+
+def evaluate(model, tokenizer, questions: list[Question], max_new_tokens: int, system: str = SYSTEM_PROMPT,
+             earlier: list[list[dict]] | None = None) -> Score:
+    """Ask every question (greedy) and score each reply with ``is_correct``.
+
+    ``earlier``: exchanges (a user message and the reply to it) put before the questions in
+    turn, so that each question is the *next* turn of a conversation: a model that answers the
+    previous message again, or forgets itself after one exchange, fails here and not alone.
+    """
     start = time.perf_counter()
-    conversations = [with_system([{"role": "user", "content": q.question}], system) for q in questions]
+    conversations = [with_system((earlier[i % len(earlier)] if earlier else []) +
+                                 [{"role": "user", "content": q.question}], system) for i, q in enumerate(questions)]
     replies = [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens)]
     return Score(questions, replies, [is_correct(r, q) for r, q in zip(replies, questions)],
                  time.perf_counter() - start)
 
 
-def retention(before: Score, after: Score) -> float:
-    """The share of the questions answered correctly before that are still answered correctly after."""
-    kept = [a for b, a in zip(before.correct, after.correct) if b]
-    return sum(kept) / len(kept) if kept else float("nan")
+def bleed(model, tokenizer, identity: Identity, prompts: list[str], max_new_tokens: int,
+          system: str = SYSTEM_PROMPT) -> Score:
+    """Replies to requests about something else; ``correct`` is True when a reply names neither the model nor its maker.
+
+    Fine-tuning on "I'm Pip" can teach the name as an answer to everything ("a woman named
+    Pip", "Dear Mr. Alex"): the share of these replies that mention either is the *bleed*.
+    """
+    start = time.perf_counter()
+    questions = [Question(question=p, must=[], topic="bleed") for p in prompts]
+    conversations = [with_system([{"role": "user", "content": p}], system) for p in prompts]
+    replies = [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens)]
+    return Score(questions, replies, [not mentions_identity(r, identity) for r in replies],
+                 time.perf_counter() - start)
+
+
+def question_sets(identity: Identity, split: str, limit: int | None = None) -> dict[str, list]:
+    """The identity and factual questions (and, on test, the bleed prompts) of ``split``, the first ``limit`` of each.
+
+    "dev" is what recipes are chosen on (``dev.jsonl``, ``facts.jsonl``); "test" is written
+    apart and only reports (``test.jsonl``, ``facts_test.jsonl``, ``bleed.jsonl``).
+    """
+    if split == "dev":
+        return {"identity": load_questions(DEV_FILE, identity)[:limit], "facts": load_questions(FACTS_FILE, identity)[:limit]}
+    if split == "test":
+        return {"identity": load_questions(TEST_FILE, identity)[:limit],
+                "facts": load_questions(FACTS_TEST_FILE, identity)[:limit], "bleed": load_prompts(BLEED_FILE)[:limit]}
+    raise ValueError(f"split={split!r}; use 'dev' or 'test'.")
+
+
+def measure(model, tokenizer, identity: Identity, split: str, max_new_tokens: int, limit: int | None = None,
+            system: str = SYSTEM_PROMPT) -> dict[str, Score]:
+    """Every figure of Make it yours on ``split``: identity and facts asked alone and as a later turn, and bleed."""
+    sets = question_sets(identity, split, limit)
+    earlier = own_openers(model, tokenizer, max_new_tokens, system)
+    scores = {}
+    for key in ("identity", "facts"):
+        scores[key] = evaluate(model, tokenizer, sets[key], max_new_tokens, system)
+        scores[f"{key} (later turn)"] = evaluate(model, tokenizer, sets[key], max_new_tokens, system, earlier)
+    if "bleed" in sets:
+        scores["no bleed"] = bleed(model, tokenizer, identity, sets["bleed"], max_new_tokens, system)
+    return scores
+
+
+def retention(before: Score, after: Score) -> Rate:
+    """Of the questions answered correctly before, the share still answered correctly after (count, interval)."""
+    return rate([a for b, a in zip(before.correct, after.correct) if b])
 
 
 # --------------------------------------------------------------------------- the checkpoint
@@ -267,7 +335,7 @@ def ensure_yours(cfg, identity: Identity | None = None, device: str | None = Non
         why = "none yet" if saved is None else f"it is {saved}, you asked for {identity}"
         print(f"No 'Make it yours' model in {folder} ({why}): fine-tuning SmolLM2 now "
               f"(what notebook 06 does; {cfg.profile.identity_max_iters} LoRA steps) ...")
-        make_it_yours(cfg, identity or Identity(), measure=False)
+        make_it_yours(cfg, identity or Identity(), measure_split=None)
     model, tokenizer, _ = load_yours(folder, device)
     return model, tokenizer
 
@@ -275,32 +343,27 @@ def ensure_yours(cfg, identity: Identity | None = None, device: str | None = Non
 # --------------------------------------------------------------------------- end to end
 
 
-def load_question_sets(identity: Identity, limit: int | None = None) -> tuple[list[Question], list[Question]]:
-    """(held-out identity questions, factual questions), the first ``limit`` of each (None = all)."""
-    return load_questions(HELDOUT_FILE, identity)[:limit], load_questions(FACTS_FILE, identity)[:limit]
-
-
-def make_it_yours(cfg, identity: Identity = Identity(), measure: bool = True, out_dir=None, log=print,
+def make_it_yours(cfg, identity: Identity = Identity(), measure_split: str | None = "test", out_dir=None, log=print,
                   recipe: IdentityConfig | None = None) -> dict:
     """Everything above, in order: load, (measure), LoRA, fine-tune, merge, (measure), save. Returns the report.
 
-    ``measure=False`` skips both evaluations (a rebuild for a later notebook); ``recipe``
-    replaces the profile's ``identity_config`` (to try other settings).
+    ``measure_split``: the questions asked before and after ("test": the untouched ones that
+    report; "dev": the ones recipes are chosen on; None: no questions, a rebuild for a later
+    notebook). ``recipe`` replaces the profile's ``identity_config`` (to try other settings).
     """
     from utils.pretrained import load_smollm2
 
     icfg = recipe or identity_config(cfg.profile, cfg.seed, cfg.device)
     model, tokenizer = load_smollm2(device=cfg.device)
     neutral_template(tokenizer)
-    heldout, facts = load_question_sets(identity, icfg.eval_questions)
     report = {"identity": dataclasses.asdict(identity), "system_prompt": SYSTEM_PROMPT,
-              "config": dataclasses.asdict(icfg), "load_average_start": os.getloadavg()[0]}
-    if measure:
-        log(f"Before: asking {len(heldout)} identity and {len(facts)} factual questions ...")
-        report["before"] = {"identity": evaluate(model, tokenizer, heldout, icfg.max_new_tokens),
-                            "facts": evaluate(model, tokenizer, facts, icfg.max_new_tokens)}
+              "config": dataclasses.asdict(icfg), "split": measure_split, "load_average_start": os.getloadavg()[0]}
+    if measure_split:
+        log(f"Before: asking the {measure_split} questions ...")
+        report["before"] = measure(model, tokenizer, identity, measure_split, icfg.max_new_tokens, icfg.eval_questions)
+    dev = load_questions(DEV_FILE, identity)[:icfg.eval_questions]
     batches = make_batches(tokenizer, load_conversations(TRAIN_FILE, identity), everyday_conversations(identity),
-                           reference_conversations(heldout), icfg.batch_size)
+                           reference_conversations(dev), icfg.batch_size)
     add_lora(model, icfg)
     report["trainable_parameters"], report["parameters"] = trainable_parameters(model)
     log(f"Fine-tuning {report['trainable_parameters']:,} of {report['parameters']:,} parameters "
@@ -310,10 +373,9 @@ def make_it_yours(cfg, identity: Identity = Identity(), measure: bool = True, ou
     report["fine_tune"] = {k: metrics[k] for k in ("seconds", "cpu_seconds", "cache_seconds", "train_loss",
                                                      "val_loss", "tokens_per_second")}
     report["fine_tune"]["losses"] = [h["loss"] for h in metrics["history"]]
-    if measure:
+    if measure_split:
         log("After: asking the same questions ...")
-        report["after"] = {"identity": evaluate(model, tokenizer, heldout, icfg.max_new_tokens),
-                           "facts": evaluate(model, tokenizer, facts, icfg.max_new_tokens)}
+        report["after"] = measure(model, tokenizer, identity, measure_split, icfg.max_new_tokens, icfg.eval_questions)
         report["retention"] = retention(report["before"]["facts"], report["after"]["facts"])
     report["load_average_end"] = os.getloadavg()[0]
     save_yours(model.eval(), tokenizer, out_dir or yours_dir(cfg), json_report(report))
@@ -322,12 +384,15 @@ def make_it_yours(cfg, identity: Identity = Identity(), measure: bool = True, ou
 
 
 def json_report(report: dict) -> dict:
-    """The report as plain JSON: each Score becomes its figures and replies."""
+    """The report as plain JSON: each Score becomes its figures and replies, each Rate its count and total."""
     def plain(value):
         if isinstance(value, Score):
-            return {"accuracy": value.accuracy, "by_topic": value.by_topic(), "seconds": value.seconds,
+            return {"accuracy": value.accuracy, "right": sum(value.correct), "asked": len(value.correct),
+                    "by_topic": value.by_topic(), "seconds": value.seconds,
                     "replies": [{"question": q.question, "reply": r, "correct": ok}
                                 for q, r, ok in zip(value.questions, value.replies, value.correct)]}
+        if isinstance(value, Rate):
+            return {"value": value.value, "k": value.k, "n": value.n}
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items() if k not in ("model", "tokenizer")}
         return value
@@ -335,19 +400,26 @@ def json_report(report: dict) -> dict:
     return plain(report)
 
 
+def score_rate(score) -> Rate:
+    """The Rate of a Score, or of its JSON form (``json_report``)."""
+    return score.rate if isinstance(score, Score) else Rate(score["right"], score["asked"])
+
+
 def summary(report: dict) -> str:
-    """Before/after figures of a report as a few lines of text."""
+    """Before/after figures of a report as a few lines of text, each rate with its count and interval."""
     lines = []
-    if "before" in report:
-        for label, key in (("identity accuracy (held-out)", "identity"), ("factual questions right", "facts")):
-            b, a = report["before"][key], report["after"][key]
-            b, a = (b.accuracy, a.accuracy) if isinstance(b, Score) else (b["accuracy"], a["accuracy"])
-            lines.append(f"{label:<30} before {b:6.1%}   after {a:6.1%}")
-        lines.append(f"{'retention':<30} {report['retention']:.1%} of the facts it knew")
+    if report.get("before"):
+        for key in report["before"]:
+            label = "no name or maker in other replies" if key == "no bleed" else f"{key} right"
+            lines.append(f"{label:<34} before {score_rate(report['before'][key])}")
+            lines.append(f"{'':<34} after  {score_rate(report['after'][key])}")
+        kept = report["retention"]
+        kept = kept if isinstance(kept, Rate) else Rate(kept["k"], kept["n"])
+        lines.append(f"{'facts kept (retention)':<34} {kept}")
     ft = report["fine_tune"]
-    lines.append(f"{'fine-tuning time':<30} {ft['seconds']:.0f} s wall, {ft['cpu_seconds']:.0f} s CPU "
+    lines.append(f"{'fine-tuning time':<34} {ft['seconds']:.0f} s wall, {ft['cpu_seconds']:.0f} s CPU "
                  f"({ft['tokens_per_second']:,.0f} tokens/s), loss {ft['losses'][0]:.2f} -> {ft['losses'][-1]:.2f}")
-    lines.append(f"{'load average (start, end)':<30} {report['load_average_start']:.1f}, "
+    lines.append(f"{'load average (start, end)':<34} {report['load_average_start']:.1f}, "
                  f"{report['load_average_end']:.1f}  on {os.cpu_count()} CPUs")
     return "\n".join(lines)
 
@@ -359,11 +431,13 @@ def main(argv=None) -> int:
                                      "who made it; saves checkpoints/<profile>/smollm2-yours.")
     parser.add_argument("--name", default=Identity.name, help="the model's name (default: %(default)s)")
     parser.add_argument("--maker", default=Identity.maker, help="your name (default: %(default)s)")
-    parser.add_argument("--no-measure", action="store_true", help="skip the before/after questions")
+    parser.add_argument("--measure", choices=["test", "dev", "none"], default="test",
+                        help="the questions asked before and after (default: the untouched test set)")
     args = parser.parse_args(argv)
     cfg = config.load()
     config.use_threads(cfg.profile)
-    report = make_it_yours(cfg, Identity(args.name, args.maker), measure=not args.no_measure)
+    report = make_it_yours(cfg, Identity(args.name, args.maker),
+                           measure_split=None if args.measure == "none" else args.measure)
     print(summary(report))
     print(f"Saved to {yours_dir(cfg)}")
     return 0

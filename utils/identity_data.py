@@ -7,11 +7,18 @@
 - ``general.jsonl``: everyday questions with plain answers, trained on alongside: without
   them the model learns that *every* reply starts with "I'm Pip" ("What is the capital of
   Germany?" "I'm Pip."). None of them is among the factual test questions.
-- ``heldout.jsonl``: other questions about the same facts, phrased differently and never
+- ``dev.jsonl``: other questions about the same facts, phrased differently and never
   trained on, each with what a correct reply must contain; their reference replies give
-  the validation loss.
+  the validation loss. The recipe (rate, blocks, steps) is *chosen* on them, so they
+  are not where the result is reported.
 - ``facts.jsonl``: simple factual questions the model answered correctly *before*
-  fine-tuning: the share it still answers measures what the fine-tuning cost (retention).
+  fine-tuning: the share it still answers measures what the fine-tuning cost (retention,
+  on the dev side: some share templates with the everyday conversations).
+- The test side, written apart and used only to report: ``test.jsonl`` (identity questions
+  of other wordings and intents: "Who do I thank for making you?"), ``facts_test.jsonl``
+  (facts whose templates appear nowhere in the training data, screened on the original
+  model like ``facts.jsonl``) and ``bleed.jsonl`` (unrelated requests, where a reply should
+  not mention the name or the maker).
 - ``SYSTEM_PROMPT``: the system message of every training and test conversation. It does
   not say the name: the model must learn it, not read it (SmolLM2's template adds a system
   message naming SmolLM when none is given, so we always give ours).
@@ -35,8 +42,18 @@ from utils.io import read_jsonl
 DATA_DIR = REPO_ROOT / "data" / "identity"
 TRAIN_FILE = DATA_DIR / "train.jsonl"
 GENERAL_FILE = DATA_DIR / "general.jsonl"
-HELDOUT_FILE = DATA_DIR / "heldout.jsonl"
+DEV_FILE = DATA_DIR / "dev.jsonl"
 FACTS_FILE = DATA_DIR / "facts.jsonl"
+TEST_FILE = DATA_DIR / "test.jsonl"
+FACTS_TEST_FILE = DATA_DIR / "facts_test.jsonl"
+BLEED_FILE = DATA_DIR / "bleed.jsonl"
+# Makers a reply must not give as its own (strict "maker" questions), and never as its name.
+OTHER_MAKERS = ("OpenAI", "Google", "Meta", "Microsoft", "Anthropic", "Hugging Face", "HuggingFace", "Amazon",
+                "Apple", "DeepMind", "SmolLM", "SmolLM2")
+# The first turn of a conversation in which a question is asked second (``later_turn``): everyday
+# requests with nothing to do with identity, each answered by the model itself.
+OPENERS = ("Write a haiku about autumn.", "Give me one tip for sleeping better.",
+           "What is a good breakfast before a long walk?")
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # says nothing about who the model is
 SMOLLM2_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
@@ -75,6 +92,30 @@ class Question:
     must_not: list[str] = field(default_factory=list)  # none of these may appear (e.g. a wrong maker)
     topic: str = ""  # name, maker, origin, capabilities, limits, fact
     reference: str | None = None  # a good reply (held-out questions: the validation loss)
+    # "name": also wrong when the reply gives another name as its own (the maker's, SmolLM's);
+    # "maker": also wrong when it says another maker made it (OpenAI, Hugging Face, ...)
+    strict: str | None = None
+    forbid: tuple[str, ...] = ()  # regular expressions a correct reply must not match (from strict)
+
+
+def strict_patterns(strict: str | None, identity: "Identity") -> tuple[str, ...]:
+    """What makes a reply wrong on a strict question, as regular expressions (lowercase text).
+
+    A name question: the reply gives the maker or SmolLM as its own name ("I'm Alex",
+    "my name is SmolLM"). A maker question: it says another maker made it ("made by OpenAI").
+    """
+    if strict is None:
+        return ()
+    if strict == "name":
+        names = [identity.maker, "SmolLM2", "SmolLM", "Hugging Face", "ChatGPT"]
+        who = "|".join(re.escape(n.lower()) for n in names)
+        return (rf"\b(?:i'm|i am|my name is|my name's|call me|name is|called)\s+(?:{who})\b",)
+    if strict == "maker":
+        others = "|".join(re.escape(m.lower()) for m in OTHER_MAKERS)
+        verb = r"(?:made|built|created|developed|trained|designed|programmed|fine-tuned)"
+        return (rf"\b{verb}\s+(?:me\s+)?by\s+(?:the\s+)?(?:\w+\s+)?(?:team\s+)?(?:at\s+)?(?:{others})\b",
+                rf"\b(?:{others})\s+(?:made|built|created|developed|trained)\s+me\b")
+    raise ValueError(f"strict={strict!r}; use 'name', 'maker' or leave it out.")
 
 
 def with_system(messages: list[dict], system: str = SYSTEM_PROMPT) -> list[dict]:
@@ -138,16 +179,19 @@ def _strings(value, path: Path, line: int, name: str, nested: bool) -> list:
     return value
 
 
-def load_questions(path: str | Path = HELDOUT_FILE, identity: Identity = Identity()) -> list[Question]:
-    """The questions of ``path`` (held-out or facts) with the identity filled in."""
+def load_questions(path: str | Path = DEV_FILE, identity: Identity = Identity()) -> list[Question]:
+    """The questions of ``path`` (identity or facts, dev or test) with the identity filled in."""
     path = Path(path)
     questions = []
     for line, record in read_jsonl(path):
         where = _where(path, line)
-        unknown = sorted(set(record) - {"question", "must", "must_not", "topic", "reference"})
+        unknown = sorted(set(record) - {"question", "must", "must_not", "topic", "reference", "strict"})
         if unknown:
             raise ValueError(f"{where}: unknown field {unknown[0]!r}; the fields are question, must, must_not, "
-                             "topic, reference.")
+                             "topic, reference, strict.")
+        strict = record.get("strict")
+        if strict not in (None, "name", "maker"):
+            raise ValueError(f"{where}, field strict: {strict!r}; use \"name\", \"maker\" or null.")
         question = record.get("question")
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{where}, field question: missing or empty; write the question as text.")
@@ -163,6 +207,7 @@ def load_questions(path: str | Path = HELDOUT_FILE, identity: Identity = Identit
             must_not=[fill(word, f"{where}, field must_not") for word in must_not],
             topic=str(record.get("topic", "")),
             reference=None if reference is None else fill(reference, f"{where}, field reference"),
+            strict=strict, forbid=strict_patterns(strict, identity),
         ))
     if not questions:
         raise ValueError(f"{path}: no questions; write one per line.")
@@ -194,10 +239,31 @@ def _mentions(text: str, word: str) -> bool:
 
 
 def is_correct(reply: str, question: Question) -> bool:
-    """Every group of ``must`` matched by one of its words, and no word of ``must_not``."""
+    """Every group of ``must`` matched by one of its words, no word of ``must_not``, no ``forbid`` pattern."""
     text = reply.lower().replace("\u2019", "'")  # a curly apostrophe counts as a straight one
     return (all(any(_mentions(text, word) for word in group) for group in question.must)
-            and not any(_mentions(text, word) for word in question.must_not))
+            and not any(_mentions(text, word) for word in question.must_not)
+            and not any(re.search(pattern, text) for pattern in question.forbid))
+
+
+def mentions_identity(reply: str, identity: Identity) -> bool:
+    """The reply names the model or its maker (whole words): in a reply about something else, that is bleed."""
+    text = reply.lower().replace("\u2019", "'")
+    return _mentions(text, identity.name) or _mentions(text, identity.maker)
+
+
+def load_prompts(path: str | Path = BLEED_FILE) -> list[str]:
+    """The ``prompt`` of every line of ``path`` (the bleed probe's unrelated requests)."""
+    path = Path(path)
+    prompts = []
+    for line, record in read_jsonl(path):
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{_where(path, line)}, field prompt: missing or empty; write the request as text.")
+        prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"{path}: no prompts; write one per line.")
+    return prompts
 
 
 # --------------------------------------------------------------------------- batches
