@@ -1,7 +1,7 @@
 # make course : install what is missing, run every notebook headless, write build/<profile>/report.md
 #               (unchanged notebooks are reused; FRESH=1 reruns all; TIMEOUT=s sets the per-cell limit)
 # make test   : install what is missing, unit tests + nbval over notebooks/ and solutions/ (ci profile, offline)
-# make chat   : talk to your fine-tuned model in the terminal (ARGS="..." passes options to utils.chat)
+# make chat   : talk to your fine-tuned model in the terminal (ARGS="..." passes options to tools.chat)
 # make lab    : open JupyterLab at the repo root (ARGS="..." passes options to jupyter lab)
 # make readme-times : rewrite README.md's time table from the last measured make course
 # make browser-test : the widgets in JupyterLab in headless Chromium (installs Chromium with apt-get if missing)
@@ -31,7 +31,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 course: $(STAMP)
-	@$(BIN)/python -m utils.course $(if $(FRESH),--fresh) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+	@$(BIN)/python -m tools.course $(if $(FRESH),--fresh) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 test: $(STAMP)
 	COURSE_PROFILE=ci $(OFFLINE) $(BIN)/python -m pytest -q --durations=15 tests \
@@ -48,10 +48,10 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root) $(ARGS)
 
 chat: $(STAMP)
-	@$(OFFLINE) $(BIN)/python -m utils.chat_command $(ARGS)
+	@$(OFFLINE) $(BIN)/python -m tools.chat $(ARGS)
 
 readme-times: $(STAMP)
-	@$(BIN)/python -m utils.readme_times
+	@$(BIN)/python -m tools.readme_times
 
 # Debian's chromium and chromium-driver (apt-get, as root); selenium into the course's .venv.
 browser-test: $(STAMP)
@@ -63,11 +63,11 @@ browser-test: $(STAMP)
 
 # The GPU code paths (CUDA, autocast, GradScaler, torch.compile) at ci sizes; ARGS="--only 04" etc.
 gpu-smoke: $(STAMP)
-	@$(BIN)/python -m utils.gpu_smoke $(ARGS)
+	@$(BIN)/python -m tools.gpu_smoke $(ARGS)
 
 # The repository named by every Colab badge and cell (utils/colab.py's REPO); no REPO: the current one
 colab-links: $(STAMP)
-	@$(BIN)/python -m utils.colab_links $(if $(REPO),--repo $(REPO)) $(if $(BRANCH),--branch $(BRANCH))
+	@$(BIN)/python -m tools.colab_links $(if $(REPO),--repo $(REPO)) $(if $(BRANCH),--branch $(BRANCH))
 
 # Speed and quality against a reference library measured in the same run (minutes; Shakespeare: ~6 min; make_it_yours: ~5 min)
 benchmarks: $(STAMP)

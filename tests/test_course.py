@@ -1,4 +1,4 @@
-"""utils.course, the runner behind `make course`: per-profile results, swap on success, reuse, limits, Ctrl-C.
+"""tools.course, the runner behind `make course`: per-profile results, swap on success, reuse, limits, Ctrl-C.
 
 Each test runs small notebooks of its own (real kernels, a few seconds each) against a
 temporary repository root, so the learner's build/, data/ and checkpoints/ are never touched.
@@ -17,9 +17,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from utils import course
+from tools import course
+from tools.notebook_runner import first_line, run_notebook
 from utils.config import REPO_ROOT
-from utils.notebook_runner import first_line, run_notebook
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -183,7 +183,7 @@ def test_ctrl_c_stops_with_one_line_and_no_traceback(tmp_path):
                    "import time\ntime.sleep(300)")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("COURSE_BUILD_DIR", None)
-    runner = subprocess.Popen([sys.executable, "-m", "utils.course", "--profile", "ci", "--notebooks",
+    runner = subprocess.Popen([sys.executable, "-m", "tools.course", "--profile", "ci", "--notebooks",
                                str(tmp_path / "notebooks"), "--root", str(tmp_path)], cwd=REPO_ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=take_ctrl_c)
@@ -209,7 +209,7 @@ def test_first_line_skips_comments():
 def test_progress_line_says_cells_done_elapsed_and_the_running_cell():
     import io
 
-    from utils.notebook_runner import Progress, ProgressLine
+    from tools.notebook_runner import Progress, ProgressLine
 
     import time
 

@@ -1,4 +1,4 @@
-"""Tests of utils.finetune, the chat metrics of utils.evaluation and utils.talk: SFT, LoRA, export, the CLI."""
+"""Tests of utils.finetune, the chat metrics of utils.evaluation and load_chat_model: SFT, LoRA, export, the CLI."""
 
 import copy
 import os
@@ -21,9 +21,9 @@ from utils.chat import (
     encode_dataset,
     format_prompt,
 )
-from utils.replies import reply_to
-from utils.talk import load_chat_model
+from utils.checkpoint import load_chat_model
 from utils.model import GPT, GPTConfig
+from utils.replies import reply_to
 from utils.tokenization import train_course_tokenizer
 from utils.training import TrainConfig
 
@@ -177,14 +177,14 @@ def test_cli_answers_piped_messages(tokenizer, tmp_path):
     tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "utils.chat", "--checkpoint", str(tmp_path), "--max-new-tokens", "5"],
+        [sys.executable, "-m", "tools.chat", "--checkpoint", str(tmp_path), "--max-new-tokens", "5"],
         input="hello there\n/reset\nhow are you?\n/quit\nnever read\n", capture_output=True, text=True,
         cwd=REPO, env=env, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("assistant> ") == 2
     assert "(new conversation)" in result.stdout
-    bad = subprocess.run([sys.executable, "-m", "utils.chat", "--checkpoint", str(tmp_path / "nope")],
+    bad = subprocess.run([sys.executable, "-m", "tools.chat", "--checkpoint", str(tmp_path / "nope")],
                          input="", capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert bad.returncode == 2 and "not a checkpoint" in bad.stderr
 

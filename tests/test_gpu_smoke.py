@@ -7,7 +7,7 @@ import os
 import nbformat
 import torch
 
-from utils import gpu_smoke
+from tools import gpu_smoke
 from utils.config import REPO_ROOT
 
 

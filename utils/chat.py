@@ -23,10 +23,10 @@ are context. ``encode_conversation`` produces ``(input_ids, labels)`` aligned wi
 each other; the shift by one position (predict the *next* token) happens in
 exactly one place, ``shifted_targets``, right before the loss.
 
-Talking to a chat model (``generate_reply``, ``load_chat_model``, the terminal chat)
-is in ``utils.talk``; the fine-tuning metrics (assistant perplexity, format
-adherence) are in ``utils.evaluation``. ``python -m utils.chat --checkpoint DIR``
-still starts the terminal chat.
+A chat model's replies are in ``utils.replies``, loading a chat checkpoint is
+``utils.checkpoint.load_chat_model``, the fine-tuning metrics (assistant perplexity,
+format adherence) are in ``utils.evaluation``; the terminal chat is ``python -m
+tools.chat`` (``make chat``).
 
 Contract (used by checks): ``add_chat_tokens(tokenizer)`` and
 ``encode_conversation(tokenizer, messages) -> (input_ids, labels)``.
@@ -567,8 +567,3 @@ def crop_prompt(tokenizer, messages, block_size: int, max_new_tokens: int = 0, c
             f"(budget {budget}). To fix: write a shorter message (or system prompt), or ask for fewer tokens.")
     return ids
 
-
-if __name__ == "__main__":  # python -m utils.chat: the terminal chat (utils/talk.py)
-    from utils.talk import main
-
-    raise SystemExit(main())

@@ -15,6 +15,10 @@ or Ctrl-C never leaves half a file:
   a resumed run continues exactly where it stopped. It is read with
   ``torch.load(..., weights_only=True)``, which only accepts tensors and plain
   Python values: the RNG states are stored as tensors and strings for that.
+
+A *chat* checkpoint (06) also keeps its tokenizer, with the chat template, in
+``folder/tokenizer``: ``load_chat_model`` loads both and refuses a model without the chat
+format (04's pretrained one) with what to pass instead.
 """
 
 from __future__ import annotations
@@ -145,6 +149,55 @@ def load_checkpoint(folder: str | os.PathLike, tokenizer=None, device: str = "cp
         model = GPT(gpt_config_from(card))
     load_weights(model, folder, device=device)
     return model.eval()
+
+
+# ---- chat checkpoints: a model to talk to (06's chat model, an export_hf folder) ----
+
+
+def not_a_chat_model(folder) -> str:
+    """What to tell a learner who points the chat at a pretrained (not fine-tuned) checkpoint."""
+    folder = Path(folder)
+    in_course = folder.parent.parent.name == "checkpoints"  # checkpoints/<profile>/<name>
+    chat = folder.parent / "chat" if in_course else "checkpoints/<profile>/chat"
+    return (f"{folder} is a pretrained model without the chat format: fine-tune it in notebook 06, "
+            f"or pass {chat} (the chat model 06 saves).")
+
+
+def load_chat_model(folder: str | os.PathLike, device: str = "cpu"):
+    """``(model, tokenizer)`` from a chat checkpoint (``folder`` + ``folder/tokenizer``) or an ``export_hf`` folder.
+
+    The vocabulary sizes are checked (``load_checkpoint`` refuses a tokenizer the model
+    was not trained with). A checkpoint whose tokenizer has no chat template (04's
+    pretrained model) is refused with what to do instead (``not_a_chat_model``).
+    """
+    from transformers import AutoTokenizer
+
+    from utils.chat import ChatFormatError, end_of_turn_id
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} does not exist: {folder} is not a checkpoint folder "
+                                "(fine-tune one in notebook 06, or pass the folder export_hf wrote).")
+    card = json.loads(config_path.read_text(encoding="utf-8"))
+    if card.get("model_type") in ("gpt2", "llama"):  # a Hugging Face folder (export_hf)
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if tokenizer.chat_template is None:
+            raise ChatFormatError(not_a_chat_model(folder))
+        model = GPT.from_hf(AutoModelForCausalLM.from_pretrained(str(folder))).to(device).eval()
+    else:
+        tokenizer_dir = folder / "tokenizer"
+        if not tokenizer_dir.exists():
+            raise FileNotFoundError(f"{tokenizer_dir} does not exist: a chat checkpoint keeps its tokenizer "
+                                    "there (utils.finetune.fine_tune saves it).")
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        if tokenizer.chat_template is None:
+            raise ChatFormatError(not_a_chat_model(folder))
+        model = load_checkpoint(folder, tokenizer=tokenizer, device=device)
+    end_of_turn_id(tokenizer)  # a clear error when the chat format is incomplete
+    return model, tokenizer
 
 
 # ---- random number generators, as tensors and strings (torch.load(weights_only=True) accepts them) ----

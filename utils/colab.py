@@ -18,7 +18,7 @@ A Colab machine forgets everything when it is recycled. ``setup(drive=True)`` ke
 (``mount_drive``): a notebook opened later on a fresh machine finds 01-04's results.
 
 ``REPO`` is the one place that names the repository: the Colab cell and every "Open In
-Colab" badge are written from it by ``python -m utils.colab_links`` (``make colab-links
+Colab" badge are written from it by ``python -m tools.colab_links`` (``make colab-links
 REPO=owner/name`` for a fork).
 """
 

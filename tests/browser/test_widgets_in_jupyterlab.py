@@ -137,7 +137,7 @@ def test_enter_sends_a_chat_message_and_a_slider_changes_the_playground(lab, bro
 
 def test_a_stored_notebook_shows_words_not_widget_reprs(lab, browser):
     """A notebook executed headless and opened without running: what GitHub and a fresh JupyterLab show."""
-    from utils.notebook_runner import run_notebook
+    from tools.notebook_runner import run_notebook
 
     stored = lab["work"] / "stored.ipynb"
     run_notebook(lab["work"] / "widgets.ipynb", stored, timeout=120, env=dict(os.environ),

@@ -1,30 +1,10 @@
-"""`make chat` and `make readme-times`: what they run, and what they say when there is nothing yet."""
+"""tools.readme_times, what `make readme-times` runs: README.md's time table from the measured `make course` runs."""
 
 import json
 
 import pytest
 
-from utils import chat_command, readme_times
-
-
-def test_chat_says_what_to_run_first_without_a_chat_model(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_PROFILE", "cpu")
-    with pytest.raises(FileNotFoundError, match="make course") as missing:
-        chat_command.chat_arguments([], root=tmp_path)
-    assert "checkpoints/cpu/chat/config.json does not exist" in str(missing.value)
-    assert "COURSE_PROFILE=ci make course" in str(missing.value)
-
-
-def test_chat_uses_the_profile_checkpoint_and_passes_extra_arguments(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_PROFILE", "ci")
-    folder = tmp_path / "checkpoints" / "ci" / "chat"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    assert chat_command.chat_arguments(["--temperature", "0.5"], root=tmp_path) == [
-        "--checkpoint", "checkpoints/ci/chat", "--temperature", "0.5"]
-    # An argument that chooses the model goes through as it is, with no checkpoint of ours.
-    assert chat_command.chat_arguments(["--model", "smollm2"], root=tmp_path) == ["--model", "smollm2"]
-    assert chat_command.chat_arguments(["--checkpoint=elsewhere"], root=tmp_path) == ["--checkpoint=elsewhere"]
+from tools import readme_times
 
 
 def measured_run(root, profile, seconds):

@@ -140,7 +140,7 @@ def clear_outputs(notebook) -> None:
 
 
 def _log_to(path: Path) -> tuple[logging.Logger, logging.Handler]:
-    logger = logging.getLogger(f"utils.notebook_runner.{path.stem}")
+    logger = logging.getLogger(f"tools.notebook_runner.{path.stem}")
     logger.propagate = False
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

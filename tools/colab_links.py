@@ -1,4 +1,4 @@
-"""Point every Colab badge and Colab cell at one repository: ``python -m utils.colab_links [--repo owner/name]``.
+"""Point every Colab badge and Colab cell at one repository: ``python -m tools.colab_links [--repo owner/name]``.
 
 ``make colab-links REPO=owner/name`` (a fork) runs it. It writes, from ``utils.colab``:
 
@@ -116,7 +116,7 @@ def apply(root: Path = REPO_ROOT, repo: str = colab.REPO, branch: str = colab.BR
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.colab_links", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.colab_links", description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default=colab.REPO, help=f"GitHub owner/name (default: {colab.REPO})")
     parser.add_argument("--branch", default=colab.BRANCH, help=f"the branch the badges open (default: {colab.BRANCH})")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if something would change")

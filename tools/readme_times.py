@@ -15,8 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+from tools.course import RUN_FILE, find_notebooks
 from utils.config import PROFILE_NAMES, REPO_ROOT
-from utils.course import RUN_FILE, find_notebooks
 from utils.io import write_atomically
 from utils.report import TIMINGS_FILE, format_seconds
 

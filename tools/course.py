@@ -1,4 +1,4 @@
-"""Run the whole course headless: ``python -m utils.course`` (what ``make course`` calls).
+"""Run the whole course headless: ``python -m tools.course`` (what ``make course`` calls).
 
 Executes every notebook in ``notebooks/`` (``NN_name.ipynb``, in order) with a fresh
 kernel and gathers the results of the profile in ``build/<profile>/``: the executed
@@ -10,11 +10,11 @@ notebooks, the report card ``report.md`` and the model card ``MODEL_CARD.md``.
   (a copy of the last results) and swaps it in only when every notebook has finished.
   A failed or interrupted run leaves the last complete results in place and says
   where its partial notebook is.
-- **Nothing runs twice for nothing**: a stage whose notebook, ``utils`` code, profile
-  and inputs are unchanged since its last run is reused, and says so
-  (``utils.course_state``); ``--fresh`` (``make course FRESH=1``) runs everything.
+- **Nothing runs twice for nothing**: a stage whose notebook, ``utils`` code, data files,
+  profile and inputs are unchanged since its last run is reused, and says so
+  (``tools.course_state``); ``--fresh`` (``make course FRESH=1``) runs everything.
 - **It never hangs and never goes quiet**: a per-cell time limit that fits the
-  profile, a progress line, and Ctrl-C that stops at once (``utils.notebook_runner``).
+  profile, a progress line, and Ctrl-C that stops at once (``tools.notebook_runner``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from utils import course_state, model_card, report
+from tools import course_state
+from tools.notebook_runner import CellTimedOut, Interrupted, NotebookFailed, ProgressLine, run_notebook
+from utils import model_card, report
 from utils.config import PROFILE_NAMES, REPO_ROOT, ProfileError, profile_name
 from utils.io import write_json_atomically
-from utils.notebook_runner import CellTimedOut, Interrupted, NotebookFailed, ProgressLine, run_notebook
 
 # Seconds one cell may run before the runner stops it, per profile: about 5x the slowest cell measured
 # (ci: seconds on 2 cores; cpu: 04's pretraining cell, minutes; gpu: GPT-2 124M pretraining on a T4).
@@ -190,7 +191,7 @@ class Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.course", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.course", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILE_NAMES, help="overrides COURSE_PROFILE")
     parser.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     parser.add_argument("--fresh", action="store_true", help="run every notebook, even those unchanged")

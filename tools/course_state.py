@@ -2,8 +2,11 @@
 
 A stage (one notebook) is reused when all of these are as they were at its last run:
 
-- its **code**: the notebook, every ``utils/*.py``, ``requirements.txt`` and ``pyproject.toml``,
-  the Python version and the installed packages' versions;
+- its **code and data**: the notebook, every ``utils/*.py``, the data files git keeps under
+  ``data/`` (fixtures, identity facts, hand-written preferences, ...), ``requirements*.txt``
+  and ``pyproject.toml``, the Python version and the installed packages' versions. Not
+  ``tools/``: the course's machinery (this runner, README times, Colab links, the chat
+  command) is never imported by a notebook, so editing it reruns nothing;
 - its **profile**;
 - its **inputs**: the code of every earlier stage (a stage's fingerprint includes the
   previous one's), and the files the earlier stages left in ``data/processed/<profile>``
@@ -13,7 +16,7 @@ A stage (one notebook) is reused when all of these are as they were at its last 
 
 An earlier stage that runs again (it changed) makes every later stage run again too:
 its outputs may differ. ``data/raw`` and ``data/nltk_data`` are caches of installed
-packages' data, covered by the package versions.
+packages' data, covered by the package versions; ``data/processed`` is the stages' own output.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -37,12 +41,46 @@ def _hash_files(digest, root: Path, files) -> None:
         digest.update(path.read_bytes())
 
 
+GENERATED_DATA = ("raw", "processed", "nltk_data")  # under data/: downloads, caches and the stages' outputs
+
+
+def data_files(root: Path) -> list[Path]:
+    """The files under ``data/`` that belong to the course, not to a run: what git keeps there.
+
+    In a git checkout: the committed files and new ones git does not ignore (``git ls-files
+    --cached --others --exclude-standard``), so a data file being written counts before its
+    commit. Without git (a copy, an unpacked archive): every file under ``data/`` except the
+    generated folders (``GENERATED_DATA``, git-ignored in the course).
+    """
+    root = Path(root)
+    folder = root / "data"
+    if not folder.is_dir():
+        return []
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        if Path(top).resolve() == root.resolve():
+            listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
+                                     "--exclude-standard", "--", "data"], capture_output=True, text=True,
+                                    check=True).stdout
+            return sorted(p for p in (root / name for name in listed.split("\0") if name) if p.is_file())
+    except (OSError, subprocess.CalledProcessError):
+        pass  # no git, or not a repository: walk the folder
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.relative_to(folder).parts[0] not in GENERATED_DATA)
+
+
 def environment_fingerprint(root: Path, profile: str) -> str:
-    """The code and environment every stage shares: utils, requirements, Python and package versions, profile."""
+    """What every stage can depend on besides its notebook: utils, data, requirements, packages, profile.
+
+    ``tools/`` is left out on purpose: no notebook imports it (``tests/test_layout.py``).
+    """
+    root = Path(root)
     digest = hashlib.sha256()
     digest.update(f"profile={profile};python={platform.python_version()}".encode())
     _hash_files(digest, root, (root / "utils").rglob("*.py"))
-    _hash_files(digest, root, [p for p in (root / "requirements.txt", root / "pyproject.toml") if p.exists()])
+    _hash_files(digest, root, data_files(root))
+    _hash_files(digest, root, [p for p in [*root.glob("requirements*.txt"), root / "pyproject.toml"] if p.exists()])
     versions = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in metadata.distributions())
     digest.update("\n".join(versions).encode())
     return digest.hexdigest()

@@ -1,6 +1,6 @@
 """Every notebook and solution through the GPU code paths, at ci sizes: ``make gpu-smoke``.
 
-``python -m utils.gpu_smoke`` answers one question in minutes: does the course run on a
+``python -m tools.gpu_smoke`` answers one question in minutes: does the course run on a
 CUDA GPU? The ``gpu`` profile trains for an hour; this runs the same code on the GPU at
 the ``ci`` profile's sizes (seconds per notebook on a CPU):
 
@@ -40,13 +40,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.notebook_runner import NotebookFailed, ProgressLine, run_notebook
 from utils.config import REPO_ROOT, cuda_available
-from utils.notebook_runner import NotebookFailed, ProgressLine, run_notebook
 from utils.report import BUILD_DIR_ENV
 
 PROFILE = "ci"  # the sizes; the device is the GPU because pick_device() finds it
 BUDGET_S = 600  # the whole smoke run, on one GPU
-CELL_TIMEOUT_S = 300  # the ci profile's per-cell limit (utils.course)
+CELL_TIMEOUT_S = 300  # the ci profile's per-cell limit (tools.course)
 FOLDERS = ("notebooks", "solutions")  # run in this order: solutions start from what the notebooks saved
 PARTS = ("paths", "notebooks", "solutions")
 # Generated folders that never go into the copy (the copy makes its own); the rest of the tree does.
@@ -138,7 +138,7 @@ def run_notebooks(paths: list[Path], workspace: Path, out: Path, env: dict[str, 
         start = time.monotonic()
         try:
             run_notebook(path, executed, timeout=timeout, env=env, log_path=out / "logs" / f"{path.stem}.log",
-                         show=progress, timeout_hint="python -m utils.gpu_smoke --timeout SECONDS")
+                         show=progress, timeout_hint="python -m tools.gpu_smoke --timeout SECONDS")
             error = None
         except NotebookFailed as failure:
             error = str(failure)
@@ -271,7 +271,7 @@ def run(root: Path = REPO_ROOT, only: list[str] | None = None, skip: tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.gpu_smoke", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_smoke", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 04 05")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="parts to leave out")
     parser.add_argument("--online", action="store_true", help="let the cells that use the hub run (default: offline)")
