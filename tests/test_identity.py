@@ -16,22 +16,31 @@ import torch
 
 from utils.chat_spans import IGNORE_INDEX, ChatSpanError, encode_chat
 from utils.identity_data import (
+    DEV_BLEED_FILE,
+    DEV_FILE,
     FACTS_FILE,
     GENERAL_FILE,
-    DEV_FILE,
+    NAMES_FILE,
     SMOLLM2_SYSTEM_PROMPT,
     SYSTEM_PROMPT,
     TRAIN_FILE,
     ChatBatches,
     Identity,
     Question,
+    TrainingSet,
     encode_all,
+    encode_last_reply,
+    everyday_conversations,
     is_correct,
+    later_turns,
     load_conversations,
+    load_prompts,
     load_questions,
+    mentions_identity,
     neutral_template,
     reference_conversations,
     training_conversations,
+    training_set,
     with_system,
 )
 from utils.model import GPT, GPTConfig
@@ -142,8 +151,9 @@ def normalized(text: str) -> str:
 def test_data_files_are_valid_and_held_out_questions_are_new():
     conversations, heldout, facts = load_conversations(), load_questions(DEV_FILE), load_questions(FACTS_FILE)
     general = load_conversations(GENERAL_FILE)
-    assert 40 <= len(conversations) <= 80 and len(heldout) >= 20 and len(facts) >= 20
-    assert training_conversations() == conversations + general
+    assert 80 <= len(conversations) <= 150 and len(heldout) >= 20 and len(facts) >= 20
+    assert training_conversations() == conversations + everyday_conversations()
+    general += load_conversations(NAMES_FILE)
     trained = {normalized(q) for q in user_questions(conversations + general)}
     for question in heldout + facts:
         assert normalized(question.question) not in trained, question.question
@@ -160,7 +170,7 @@ def test_the_identity_is_filled_in_everywhere():
     text = json.dumps(load_conversations(TRAIN_FILE, mine)) + json.dumps(
         [dataclasses.asdict(q) for q in load_questions(DEV_FILE, mine)])
     assert "Nova" in text and "Sam Rivera" in text
-    assert "Pip" not in text and "Alex" not in text and not re.search(r"\{\w+\}", text)
+    assert not re.search(r"\bPip\b|\bAlex\b|\{\w+\}", text)  # Alexa is not Alex
     assert is_correct("I'm Nova.", load_questions(DEV_FILE, mine)[0])
     with pytest.raises(ValueError, match="name"):
         Identity(name="  ")
@@ -262,8 +272,11 @@ def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(token
     blocks = tuple(f"transformer.h.{i}." for i in range(3 - lora_layers, 3))
     assert adapted and all(name.startswith(blocks) for name in adapted)
     everyday = load_conversations(GENERAL_FILE)[:3]
-    batches = make_batches(tokenizer, load_conversations()[:6], everyday, reference_conversations(load_questions()[:4]), 2)
-    assert batches.anchored == {6, 7, 8} and len(batches.examples["train"]) == 9
+    data = TrainingSet(identity=load_conversations()[:6], everyday=everyday,
+                       later_identity=later_turns(everyday, load_conversations()[:6], 2),
+                       later_everyday=later_turns(everyday, everyday, 2))
+    batches = make_batches(tokenizer, data, reference_conversations(load_questions()[:4]), 2)
+    assert batches.anchored == {6, 7, 8, 11, 12} and len(batches.examples["train"]) == 13
     metrics = fine_tune(model, batches, recipe)
     assert metrics["iters"] == 2 and np.isfinite(metrics["train_loss"]) and metrics["seconds"] > 0
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
@@ -423,3 +436,129 @@ def test_every_question_file_loads_and_the_test_side_shares_no_question_with_tra
     test = [q.question.lower() for path in (TEST_FILE, FACTS_TEST_FILE) for q in load_questions(path)]
     test += [p.lower() for p in load_prompts(BLEED_FILE)]
     assert len(test) == len(set(test)) and not set(test) & (trained | dev)
+
+
+# --------------------------------------------------------------------------- bleed, later turns, the figures
+
+
+def test_the_dev_bleed_set_loads_invites_names_and_shares_nothing_with_test_or_training():
+    from utils.identity import question_sets
+    from utils.identity_data import BLEED_FILE, TEST_FILE
+    from utils.io import read_jsonl
+
+    prompts = load_prompts(DEV_BLEED_FILE)
+    records = [record for _, record in read_jsonl(DEV_BLEED_FILE)]
+    assert len(prompts) == 30 and sum(r["invites_name"] for r in records) == 10
+    assert question_sets(Identity(), "dev")["bleed"] == prompts and question_sets(Identity(), "dev", 3)["bleed"] == prompts[:3]
+    mine = {normalized(p) for p in prompts}
+    assert len(mine) == 30
+    test = {normalized(p) for p in load_prompts(BLEED_FILE)} | {normalized(q.question) for q in load_questions(TEST_FILE)}
+    trained = {normalized(q) for q in user_questions(training_conversations())}
+    assert not mine & test, f"dev bleed prompts also in test: {sorted(mine & test)}"  # prints only dev's own
+    assert not mine & trained, f"dev bleed prompts also trained on: {sorted(mine & trained)}"
+    assert not any(mentions_identity(p, Identity()) for p in prompts)
+
+
+def test_a_bad_prompt_file_names_file_line_and_field(tmp_path):
+    with pytest.raises(ValueError, match=r"prompts.jsonl, line 2: unknown field 'promt'"):
+        load_prompts(write(tmp_path / "prompts.jsonl", ['{"prompt": "Hi"}', '{"promt": "Hello"}']))
+    with pytest.raises(ValueError, match=r"prompts.jsonl, line 1, field prompt: missing or empty"):
+        load_prompts(write(tmp_path / "prompts.jsonl", ['{"prompt": " ", "invites_name": false}']))
+
+
+def test_everyday_replies_never_give_the_model_s_name_or_maker():
+    for who in (Identity(), Identity(name="Nova", maker="Sam Rivera")):
+        for messages in everyday_conversations(who):
+            assert not any(mentions_identity(m["content"], who) for m in messages), messages
+    names = load_conversations(NAMES_FILE)
+    assert len(names) >= 30 and any("[Your name]" in c[-1]["content"] for c in names)
+
+
+def test_later_turns_pair_different_one_turn_conversations_the_same_way_every_time():
+    everyday, mine = load_conversations(GENERAL_FILE), load_conversations()
+    built = later_turns(everyday, everyday, 40, seed=3)
+    assert built == later_turns(everyday, everyday, 40, seed=3) != later_turns(everyday, everyday, 40, seed=4)
+    assert all(len(c) == 4 and c[:2] in everyday and c[2:] in everyday and c[:2] != c[2:] for c in built)
+    assert len({json.dumps(c) for c in built}) == 40  # no pair twice
+    onto_identity = later_turns(everyday, mine, 10)
+    assert all(c[:2] in everyday and c[2:] in mine for c in onto_identity)
+    assert all(len(c[2:]) == 2 for c in later_turns(mine, everyday, 200))  # multi-turn files conversations left out
+    with pytest.raises(ValueError, match="only 6 different pairs"):
+        later_turns(everyday[:3], everyday[:3], 7)
+    data = training_set(Identity(), later=5)
+    assert (len(data.later_identity), len(data.later_everyday)) == (5, 10) and len(data) == (
+        len(data.identity) + len(data.everyday) + 15)
+    assert training_set(Identity()).later_identity == [] and training_set(Identity()).later_everyday == []
+
+
+def test_a_built_two_turn_conversation_is_scored_on_its_last_reply_only(tokenizer):
+    conversation = with_system(training_set(Identity(), later=3).later_identity[0])
+    ids, labels = encode_last_reply(tokenizer, conversation)
+    all_ids, all_labels = encode_chat(tokenizer, conversation)
+    assert ids == all_ids == template(tokenizer, conversation) and len(labels) == len(ids)
+    scored = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
+    assert scored == list(range(scored[0], scored[-1] + 1))  # one run of tokens
+    assert tokenizer.decode([ids[t] for t in scored]) == conversation[-1]["content"] + "<|im_end|>"
+    assert all(labels[t] == ids[t] for t in scored)
+    first_reply = tokenizer.encode(conversation[2]["content"], add_special_tokens=False)
+    assert sum(label != IGNORE_INDEX for label in all_labels) == len(scored) + len(first_reply) + 1
+    examples = encode_all(tokenizer, [conversation[1:]], last_reply_only=True)
+    assert examples == [(ids, labels)]
+
+
+def test_headline_figures_and_goals_follow_the_scores():
+    from utils.evaluation import Rate
+    from utils.identity import Score, headline, verdicts
+
+    def score(flags):
+        return Score([Question(f"q{i}", must=[["x"]]) for i in range(len(flags))], [""] * len(flags), flags, 0.0)
+
+    before = {"identity": score([False] * 10), "identity (later turn)": score([False] * 10),
+              "facts": score([True] * 9 + [False]), "facts (later turn)": score([True] * 5 + [False] * 5),
+              "no bleed": score([True] * 20)}
+    after = {"identity": score([True] * 9 + [False]), "identity (later turn)": score([True] * 7 + [False] * 3),
+             "facts": score([True] * 8 + [False, True]), "facts (later turn)": score([True] * 5 + [False] * 5),
+             "no bleed": score([True] * 19 + [False])}
+    figures = headline(before, after)
+    assert figures == {"identity": Rate(9, 10), "identity (later turn)": Rate(7, 10), "facts kept": Rate(8, 9),
+                       "facts kept (later turn)": Rate(5, 5), "no bleed": Rate(19, 20)}
+    met = {goal: ok for goal, ok, _ in verdicts(figures)}
+    assert met == {"identity >= 0.80": True, "facts kept >= 0.90": False, "no bleed >= 0.95": True,
+                   "identity as a later turn within 0.10 of alone": False,
+                   "facts kept as a later turn within 0.10 of alone": True}
+    from utils.identity import json_report
+    assert headline(json_report(before), json_report(after)) == figures  # the saved report gives the same
+
+
+def test_save_chat_model_writes_the_merged_lora_model_that_load_chat_model_reads(tokenizer, tmp_path, one_thread):
+    from utils.checkpoint import load_chat_model
+    from utils.finetune import apply_lora, has_lora, merge_lora, save_chat_model
+
+    model = tiny_gpt(len(tokenizer))
+    apply_lora(model, r=2, alpha=4)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    save_chat_model(model, tokenizer, tmp_path / "chat", iters=3)
+    assert has_lora(model)  # merged on a copy
+    loaded, loaded_tokenizer = load_chat_model(tmp_path / "chat")
+    x = torch.tensor([template(tokenizer, [{"role": "user", "content": "Hi"}])])
+    merged = merge_lora(model).eval()
+    assert len(loaded_tokenizer) == len(tokenizer)
+    assert torch.allclose(loaded.eval()(x)[0], merged(x)[0], atol=1e-5)
+
+
+def test_cached_states_and_anchor_references_are_the_same_in_batches_as_one_by_one(tokenizer):
+    """Right padding in a batch changes no real token's state (the model is causal)."""
+    from utils.anchor import reference_log_probs
+    from utils.top_blocks import block_inputs
+
+    model = tiny_gpt(len(tokenizer)).eval()
+    examples = encode_all(tokenizer, load_conversations()[:5])
+    sequences = [ids[:-1] for ids, _ in examples]
+    assert len({len(s) for s in sequences}) > 1  # the batches really are padded
+    for together, alone in zip(block_inputs(model, sequences, 1), block_inputs(model, sequences, 1, batch_size=1)):
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    batched, one = reference_log_probs(model, examples, range(5)), reference_log_probs(model, examples, range(5), 1)
+    for row in range(5):
+        torch.testing.assert_close(batched[row], one[row], atol=1e-5, rtol=1e-5)

@@ -28,22 +28,31 @@ from utils.checkpoint import unwrap
 
 
 @torch.no_grad()
-def reference_log_probs(model, examples: list[tuple], rows) -> dict[int, torch.Tensor]:
+def reference_log_probs(model, examples: list[tuple], rows, batch_size: int = 16) -> dict[int, torch.Tensor]:
     """``{row: (n_scored, V)}``: the model's log-probabilities at the scored positions of each example in ``rows``.
 
     ``examples`` are ``(input_ids, labels)`` pairs; position t is scored when ``labels[t + 1]``
     is not -100 (the shift of ``ChatBatches``). The tensors stay on the model's device.
+    Examples go through ``batch_size`` at a time, padded on the right (causal: padding after
+    a position does not change it).
     """
     gpt = unwrap(model)
     device = next(gpt.parameters()).device
     was_training = gpt.training
     gpt.eval()
     reference = {}
-    for row in rows:
-        ids, labels = examples[row]
-        logits, _ = gpt(torch.tensor([ids[:-1]], dtype=torch.long, device=device))  # (1, T, V)
-        scored = torch.tensor(labels[1:], device=device) != IGNORE_INDEX  # (T,)
-        reference[row] = F.log_softmax(logits[0, scored].float(), dim=-1)  # (n_scored, V)
+    rows = sorted(rows, key=lambda row: len(examples[row][0]))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(examples[row][0]) for row in chunk) - 1
+        ids = torch.zeros((len(chunk), width), dtype=torch.long, device=device)  # (b, T)
+        for i, row in enumerate(chunk):
+            ids[i, :len(examples[row][0]) - 1] = torch.tensor(examples[row][0][:-1], device=device)
+        logits, _ = gpt(ids)  # (b, T, V)
+        for i, row in enumerate(chunk):
+            labels = examples[row][1]
+            scored = torch.tensor(labels[1:], device=device) != IGNORE_INDEX  # (T_row,)
+            reference[row] = F.log_softmax(logits[i, :len(labels) - 1][scored].float(), dim=-1)  # (n_scored, V)
     gpt.train(was_training)
     return reference
 

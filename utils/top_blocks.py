@@ -31,12 +31,13 @@ class _Reached(Exception):
 
 
 @torch.no_grad()
-def block_inputs(model: GPT, sequences: list[list[int]], first: int) -> list[torch.Tensor]:
+def block_inputs(model: GPT, sequences: list[list[int]], first: int, batch_size: int = 16) -> list[torch.Tensor]:
     """The input of block ``first`` (after embeddings and blocks 0 .. first-1) for each sequence: (T, C) each.
 
     A forward pre-hook catches the block's input and stops the forward pass there, so the
     hidden states come from ``GPT.forward`` itself (embeddings, positions, blocks) and are
-    returned on the CPU.
+    returned on the CPU. Sequences of similar length go through together, padded on the
+    right: the model is causal, so padding *after* a token never changes that token's state.
     """
     gpt = unwrap(model)
     device = next(gpt.parameters()).device
@@ -49,14 +50,21 @@ def block_inputs(model: GPT, sequences: list[list[int]], first: int) -> list[tor
     handle = gpt.transformer.h[first].register_forward_pre_hook(catch)
     was_training = gpt.training
     gpt.eval()
-    states = []
+    states: list[torch.Tensor | None] = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     try:
-        for ids in sequences:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(sequences[i]) for i in rows)
+            ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)  # (b, T), 0 = padding
+            for row, i in enumerate(rows):
+                ids[row, :len(sequences[i])] = torch.tensor(sequences[i], device=device)
             try:
-                gpt(torch.tensor([ids], dtype=torch.long, device=device))
+                gpt(ids)
             except _Reached:
                 pass
-            states.append(caught["x"][0].to("cpu"))  # (T, C)
+            for row, i in enumerate(rows):
+                states[i] = caught["x"][row, :len(sequences[i])].to("cpu")  # (T, C)
     finally:
         handle.remove()
         gpt.train(was_training)
