@@ -520,14 +520,18 @@ def test_headline_figures_and_goals_follow_the_scores():
              "facts": score([True] * 8 + [False, True]), "facts (later turn)": score([True] * 5 + [False] * 5),
              "no bleed": score([True] * 19 + [False])}
     figures = headline(before, after)
+    # facts kept: of the 9 facts right before (asked alone), right after alone / as a later turn
     assert figures == {"identity": Rate(9, 10), "identity (later turn)": Rate(7, 10), "facts kept": Rate(8, 9),
-                       "facts kept (later turn)": Rate(5, 5), "no bleed": Rate(19, 20)}
+                       "facts kept (later turn)": Rate(5, 9), "no bleed": Rate(19, 20)}
     met = {goal: ok for goal, ok, _ in verdicts(figures)}
     assert met == {"identity >= 0.80": True, "facts kept >= 0.90": False, "no bleed >= 0.95": True,
                    "identity as a later turn within 0.10 of alone": False,
-                   "facts kept as a later turn within 0.10 of alone": True}
+                   "facts kept as a later turn within 0.10 of alone": False}
     from utils.identity import json_report
     assert headline(json_report(before), json_report(after)) == figures  # the saved report gives the same
+    after["facts (later turn)"] = score([True] * 8 + [False, False])
+    assert {goal: ok for goal, ok, _ in verdicts(headline(before, after))}[
+        "facts kept as a later turn within 0.10 of alone"]
 
 
 def test_save_chat_model_writes_the_merged_lora_model_that_load_chat_model_reads(tokenizer, tmp_path, one_thread):

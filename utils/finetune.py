@@ -148,10 +148,25 @@ def fine_tune(model, tokenizer, train_examples, val_examples, cfg: training.Trai
                              callback=callback, tokenizer_name="chat")
     if out_dir is not None and training.is_main_process():  # under torchrun, one process writes
         if lora:
-            merged = merge_lora(copy.deepcopy(model))
-            ckpt.save_model(merged, out_dir, "chat", len(tokenizer), metrics["iters"])
-        tokenizer.save_pretrained(str(Path(out_dir) / "tokenizer"))
+            save_chat_model(model, tokenizer, out_dir, metrics["iters"])
+        else:
+            tokenizer.save_pretrained(str(Path(out_dir) / "tokenizer"))
     return metrics
+
+
+def save_chat_model(model, tokenizer, out_dir: str | os.PathLike, iters: int = 0) -> Path:
+    """Write ``model`` (LoRA adapters merged, on a copy) and its tokenizer as a chat checkpoint in ``out_dir``.
+
+    The folder is what ``utils.checkpoint.load_chat_model`` and the terminal chat read: the
+    weights and config, and the tokenizer in ``out_dir/tokenizer``. 06 saves whichever of its
+    fine-tuned models its own figures choose.
+    """
+    gpt = ckpt.unwrap(model)
+    if has_lora(gpt):
+        gpt = merge_lora(copy.deepcopy(gpt))
+    ckpt.save_model(gpt, out_dir, "chat", len(tokenizer), iters)
+    tokenizer.save_pretrained(str(Path(out_dir) / "tokenizer"))
+    return Path(out_dir)
 
 
 # --------------------------------------------------------------------------- LoRA

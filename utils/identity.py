@@ -41,6 +41,7 @@ from utils.finetune import apply_lora, merge_lora, trainable_parameters
 from utils.evaluation import Rate, rate
 from utils.identity_data import (
     BLEED_FILE,
+    DEV_BLEED_FILE,
     DEV_FILE,
     FACTS_FILE,
     FACTS_TEST_FILE,
@@ -51,8 +52,8 @@ from utils.identity_data import (
     ChatBatches,
     Identity,
     Question,
+    TrainingSet,
     encode_all,
-    everyday_conversations,
     is_correct,
     load_conversations,
     load_prompts,
@@ -60,6 +61,7 @@ from utils.identity_data import (
     mentions_identity,
     neutral_template,
     reference_conversations,
+    training_set,
     with_system,
 )
 from utils.io import write_json_atomically
@@ -80,20 +82,9 @@ class IdentityConfig:
     lora_rank: int = 8  # r: each adapter adds r x (in + out) numbers to a Linear
     lora_alpha: int = 16  # the adapters' output is scaled by alpha / r
     lora_layers: int = 15  # adapt the last N blocks (SmolLM2 has 30)
-    # Measured in the cpu profile (60 steps, rank 8, 74 identity + 34 everyday conversations), identity
-    # accuracy / retention for seeds 1337 / 1 / 2 (goals: 0.8 / 0.9). All 30 blocks, no anchor: 4e-4
-    # 0.67 / 0.86 (seed 1337), 6e-4 0.83 / 0.86, 0.67 / 0.86, 0.83 / 0.89; anchor 1: 0.83 / 0.89,
-    # 0.71 / 0.89, 0.88 / 0.92. The last 15 blocks, 8e-4: anchor 1 0.83 / 0.89, 0.88 / 0.92, 0.75 / 0.92;
-    # anchor 2 0.83 / 0.92, 0.88 / 0.92, 0.79 / 0.86 (both goals met for two seeds of three, against one);
-    # anchor 3 0.79 / 0.89 (seed 1337). 1e-3, anchor 1: 0.88 / 0.89, 0.83 / 0.94, 0.83 / 0.83. The last
-    # 10 blocks at 1e-3: 0.67 / 0.83; 20 at 8e-4: 0.88 / 0.86; 40 steps: worse; adapters on attention
-    # only (30 blocks, 6e-4): 0.50 / 0.78; 40 more everyday conversations: worse on both. The same few
-    # facts break in nearly every recipe ("we live on planet X-125M", the hardest substance is "probably
-    # salt", "two plus two is a simple mathematical operation"): one question moves retention by 0.03,
-    # so compare recipes over seeds (benchmarks/make_it_yours.py --seeds), not by one run.
-    learning_rate: float = 8e-4
-    # Weight of the KL anchor on the everyday replies (utils.anchor; 0 = cross-entropy alone).
-    anchor_weight: float = 2.0
+    learning_rate: float = 8e-4  # peak rate (the recipes measured: benchmarks/make_it_yours.md)
+    anchor_weight: float = 2.0  # weight of the KL anchor on the everyday replies (utils.anchor; 0 = none)
+    later_turns: int = 0  # two-turn conversations built of each kind (identity_data.later_turns)
     warmup_iters: int = 5  # linear warm-up, then a cosine to a tenth of the peak
     eval_questions: int | None = None  # ask the first N questions of each set; None = all
     max_new_tokens: int = 32  # reply budget per evaluation question (greedy, stops at <|im_end|>)
@@ -146,14 +137,17 @@ def train_config(cfg: IdentityConfig, block_size: int) -> training.TrainConfig:
     )
 
 
-def make_batches(tokenizer, identity_conversations, everyday_conversations, val_conversations,
-                 batch_size: int) -> ChatBatches:
-    """The ``batch_fn``: identity and everyday conversations to train on (the everyday ones anchored),
-    held-out references for the validation loss."""
-    train = encode_all(tokenizer, identity_conversations + everyday_conversations)
-    everyday = range(len(identity_conversations), len(train))
+def make_batches(tokenizer, data: TrainingSet, val_conversations, batch_size: int) -> ChatBatches:
+    """The ``batch_fn``: ``data`` to train on (the everyday replies anchored; of a two-turn conversation
+    built by ``later_turns`` only the last reply scored), held-out references for the validation loss."""
+    train, anchored = [], []
+    for conversations, last_only, anchor in ((data.identity, False, False), (data.everyday, False, True),
+                                             (data.later_identity, True, False), (data.later_everyday, True, True)):
+        if anchor:
+            anchored += range(len(train), len(train) + len(conversations))
+        train += encode_all(tokenizer, conversations, last_reply_only=last_only)
     return ChatBatches(train, encode_all(tokenizer, val_conversations), batch_size, tokenizer.pad_token_id,
-                       anchored=frozenset(everyday))
+                       anchored=frozenset(anchored))
 
 
 def fine_tune(model, batches: ChatBatches, cfg: IdentityConfig) -> dict:
@@ -257,13 +251,14 @@ def bleed(model, tokenizer, identity: Identity, prompts: list[str], max_new_toke
 
 
 def question_sets(identity: Identity, split: str, limit: int | None = None) -> dict[str, list]:
-    """The identity and factual questions (and, on test, the bleed prompts) of ``split``, the first ``limit`` of each.
+    """The identity and factual questions and the bleed prompts of ``split``, the first ``limit`` of each.
 
-    "dev" is what recipes are chosen on (``dev.jsonl``, ``facts.jsonl``); "test" is written
-    apart and only reports (``test.jsonl``, ``facts_test.jsonl``, ``bleed.jsonl``).
+    "dev" is what recipes are chosen on (``dev.jsonl``, ``facts.jsonl``, ``dev_bleed.jsonl``);
+    "test" is written apart and only reports (``test.jsonl``, ``facts_test.jsonl``, ``bleed.jsonl``).
     """
     if split == "dev":
-        return {"identity": load_questions(DEV_FILE, identity)[:limit], "facts": load_questions(FACTS_FILE, identity)[:limit]}
+        return {"identity": load_questions(DEV_FILE, identity)[:limit],
+                "facts": load_questions(FACTS_FILE, identity)[:limit], "bleed": load_prompts(DEV_BLEED_FILE)[:limit]}
     if split == "test":
         return {"identity": load_questions(TEST_FILE, identity)[:limit],
                 "facts": load_questions(FACTS_TEST_FILE, identity)[:limit], "bleed": load_prompts(BLEED_FILE)[:limit]}
@@ -284,9 +279,50 @@ def measure(model, tokenizer, identity: Identity, split: str, max_new_tokens: in
     return scores
 
 
-def retention(before: Score, after: Score) -> Rate:
+def correct_flags(score) -> list[bool]:
+    """Which replies of a Score, or of its JSON form (``json_report``), were right."""
+    return list(score.correct) if isinstance(score, Score) else [r["correct"] for r in score["replies"]]
+
+
+def retention(before, after) -> Rate:
     """Of the questions answered correctly before, the share still answered correctly after (count, interval)."""
-    return rate([a for b, a in zip(before.correct, after.correct) if b])
+    return rate([a for b, a in zip(correct_flags(before), correct_flags(after)) if b])
+
+
+# What a made-yours model must reach, judged on dev (recipes are chosen there): (figure, at least).
+GOALS = {"identity": 0.8, "facts kept": 0.9, "no bleed": 0.95}
+LATER_TURN_GAP = 0.1  # a figure asked as a later turn may fall at most this far below its single-turn value
+
+
+def headline(before: dict, after: dict) -> dict[str, Rate]:
+    """The figures that judge a recipe, each a Rate (count and interval), from ``measure`` before and after.
+
+    identity: right after; facts kept: of the facts answered right before (asked alone: what
+    the model knew), the share right after (retention); each also asked as a later turn, on
+    the same questions, so the two are comparable; no bleed: replies to unrelated requests that
+    name neither the model nor its maker.
+    """
+    figures = {}
+    for key in ("identity", "identity (later turn)"):
+        figures[key] = rate(correct_flags(after[key]))
+    for key in ("facts", "facts (later turn)"):
+        figures[key.replace("facts", "facts kept")] = retention(before["facts"], after[key])
+    if "no bleed" in after:
+        figures["no bleed"] = rate(correct_flags(after["no bleed"]))
+    return figures
+
+
+def verdicts(figures: dict[str, Rate]) -> list[tuple[str, bool, str]]:
+    """``(goal, met, how far)`` for each of ``GOALS`` and each later turn against its single turn."""
+    lines = []
+    for key, goal in GOALS.items():
+        if key in figures:
+            lines.append((f"{key} >= {goal:.2f}", figures[key].value >= goal, f"{key} {figures[key]}"))
+    for key in ("identity", "facts kept"):
+        single, later = figures[key].value, figures[f"{key} (later turn)"].value
+        lines.append((f"{key} as a later turn within {LATER_TURN_GAP:.2f} of alone", single - later <= LATER_TURN_GAP,
+                      f"{later:.2f} as a later turn against {single:.2f} alone (gap {single - later:+.2f})"))
+    return lines
 
 
 # --------------------------------------------------------------------------- the checkpoint
@@ -344,12 +380,13 @@ def ensure_yours(cfg, identity: Identity | None = None, device: str | None = Non
 
 
 def make_it_yours(cfg, identity: Identity = Identity(), measure_split: str | None = "test", out_dir=None, log=print,
-                  recipe: IdentityConfig | None = None) -> dict:
+                  recipe: IdentityConfig | None = None, data: TrainingSet | None = None) -> dict:
     """Everything above, in order: load, (measure), LoRA, fine-tune, merge, (measure), save. Returns the report.
 
     ``measure_split``: the questions asked before and after ("test": the untouched ones that
     report; "dev": the ones recipes are chosen on; None: no questions, a rebuild for a later
-    notebook). ``recipe`` replaces the profile's ``identity_config`` (to try other settings).
+    notebook). ``recipe`` replaces the profile's ``identity_config`` (to try other settings),
+    ``data`` the training conversations (default: ``training_set(identity, recipe.later_turns)``).
     """
     from utils.pretrained import load_smollm2
 
@@ -362,8 +399,8 @@ def make_it_yours(cfg, identity: Identity = Identity(), measure_split: str | Non
         log(f"Before: asking the {measure_split} questions ...")
         report["before"] = measure(model, tokenizer, identity, measure_split, icfg.max_new_tokens, icfg.eval_questions)
     dev = load_questions(DEV_FILE, identity)[:icfg.eval_questions]
-    batches = make_batches(tokenizer, load_conversations(TRAIN_FILE, identity), everyday_conversations(identity),
-                           reference_conversations(dev), icfg.batch_size)
+    data = data or training_set(identity, icfg.later_turns)
+    batches = make_batches(tokenizer, data, reference_conversations(dev), icfg.batch_size)
     add_lora(model, icfg)
     report["trainable_parameters"], report["parameters"] = trainable_parameters(model)
     log(f"Fine-tuning {report['trainable_parameters']:,} of {report['parameters']:,} parameters "
@@ -413,9 +450,9 @@ def summary(report: dict) -> str:
             label = "no name or maker in other replies" if key == "no bleed" else f"{key} right"
             lines.append(f"{label:<34} before {score_rate(report['before'][key])}")
             lines.append(f"{'':<34} after  {score_rate(report['after'][key])}")
-        kept = report["retention"]
-        kept = kept if isinstance(kept, Rate) else Rate(kept["k"], kept["n"])
-        lines.append(f"{'facts kept (retention)':<34} {kept}")
+        for key, value in headline(report["before"], report["after"]).items():
+            if key.startswith("facts kept"):
+                lines.append(f"{key + ' (retention)':<34} {value}")
     ft = report["fine_tune"]
     lines.append(f"{'fine-tuning time':<34} {ft['seconds']:.0f} s wall, {ft['cpu_seconds']:.0f} s CPU "
                  f"({ft['tokens_per_second']:,.0f} tokens/s), loss {ft['losses'][0]:.2f} -> {ft['losses'][-1]:.2f}")

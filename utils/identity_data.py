@@ -3,10 +3,16 @@
 - ``Identity``: the one place to put *your* model's name and your own name. The files in
   ``data/identity/`` are templates: ``{name}`` and ``{maker}`` are filled in from it.
 - ``train.jsonl``: short conversations about the name, the maker, what the model can and
-  cannot do (the course's message schema).
+  cannot do, how to address and credit it (the course's message schema).
 - ``general.jsonl``: everyday questions with plain answers, trained on alongside: without
   them the model learns that *every* reply starts with "I'm Pip" ("What is the capital of
   Germany?" "I'm Pip."). None of them is among the factual test questions.
+- ``names.jsonl``: everyday requests that invite a name (a letter to sign, a character, a
+  username), answered with other names or "[Your name]": without them the only name the
+  model was lately taught is its own, and it signs your letters with its maker's.
+- ``later_turns`` builds two-turn conversations from the one-turn ones (``training_set``),
+  so that a question asked second gets its own answer; ``TrainingSet`` says how each kind
+  is scored (``encode_last_reply``) and which are anchored.
 - ``dev.jsonl``: other questions about the same facts, phrased differently and never
   trained on, each with what a correct reply must contain; their reference replies give
   the validation loss. The recipe (rate, blocks, steps) is *chosen* on them, so they
@@ -18,7 +24,7 @@
   of other wordings and intents: "Who do I thank for making you?"), ``facts_test.jsonl``
   (facts whose templates appear nowhere in the training data, screened on the original
   model like ``facts.jsonl``) and ``bleed.jsonl`` (unrelated requests, where a reply should
-  not mention the name or the maker).
+  not mention the name or the maker); ``dev_bleed.jsonl`` is the dev side of the last.
 - ``SYSTEM_PROMPT``: the system message of every training and test conversation. It does
   not say the name: the model must learn it, not read it (SmolLM2's template adds a system
   message naming SmolLM when none is given, so we always give ours).
@@ -34,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.chat_spans import IGNORE_INDEX, encode_chat
+from utils.chat_spans import IGNORE_INDEX, assistant_spans, encode_chat
 from utils.config import REPO_ROOT
 from utils.data import DataFormatError, validate_conversation
 from utils.io import read_jsonl
@@ -47,6 +53,8 @@ FACTS_FILE = DATA_DIR / "facts.jsonl"
 TEST_FILE = DATA_DIR / "test.jsonl"
 FACTS_TEST_FILE = DATA_DIR / "facts_test.jsonl"
 BLEED_FILE = DATA_DIR / "bleed.jsonl"
+NAMES_FILE = DATA_DIR / "names.jsonl"  # everyday requests that invite a name, answered with other names or none
+DEV_BLEED_FILE = DATA_DIR / "dev_bleed.jsonl"  # the bleed probe's dev side
 # Makers a reply must not give as its own (strict "maker" questions), and never as its name.
 OTHER_MAKERS = ("OpenAI", "Google", "Meta", "Microsoft", "Anthropic", "Hugging Face", "HuggingFace", "Amazon",
                 "Apple", "DeepMind", "SmolLM", "SmolLM2")
@@ -214,14 +222,68 @@ def load_questions(path: str | Path = DEV_FILE, identity: Identity = Identity())
     return questions
 
 
-def training_conversations(identity: Identity = Identity()) -> list[list[dict]]:
-    """The identity conversations followed by the everyday ones: what the model is fine-tuned on."""
-    return load_conversations(TRAIN_FILE, identity) + everyday_conversations(identity)
-
-
 def everyday_conversations(identity: Identity = Identity()) -> list[list[dict]]:
-    """The everyday conversations of ``general.jsonl`` (trained on, and anchored: ``utils.anchor``)."""
-    return load_conversations(GENERAL_FILE, identity)
+    """The everyday conversations (trained on, and anchored: ``utils.anchor``): ``general.jsonl``, then
+    ``names.jsonl``, requests that invite a name (a letter to sign, a character, a username) answered
+    with other names or a placeholder such as "[Your name]", so the model's own name stays its own."""
+    return load_conversations(GENERAL_FILE, identity) + load_conversations(NAMES_FILE, identity)
+
+
+def later_turns(first: list[list[dict]], second: list[list[dict]], n: int, seed: int = 0) -> list[list[dict]]:
+    """``n`` two-turn conversations: a whole conversation of ``first``, then the question and reply of one of ``second``.
+
+    Asked as the second turn, a question must get *its* answer: a model trained only on
+    single turns often answers the first message again. Built from one-turn conversations
+    (``first`` and ``second`` may be the same list; a conversation is never paired with
+    itself, and no pair comes twice), drawn with ``seed``: the same lists give the same
+    conversations. Only the last reply is scored (``encode_last_reply``): the first is context.
+    """
+    first = [c for c in first if len(c) == 2]
+    second = [c for c in second if len(c) == 2]
+    pairs = [(i, j) for i in range(len(first)) for j in range(len(second)) if first[i] != second[j]]
+    if n > len(pairs):
+        raise ValueError(f"later_turns: {n} conversations asked, but only {len(pairs)} different pairs of "
+                         f"one-turn conversations exist ({len(first)} x {len(second)}).")
+    chosen = np.random.default_rng(seed).choice(len(pairs), size=n, replace=False)
+    return [first[pairs[k][0]] + second[pairs[k][1]] for k in sorted(chosen)]
+
+
+@dataclass
+class TrainingSet:
+    """What "Make it yours" trains on, by how each kind is scored.
+
+    ``identity`` and ``everyday``: every reply scored; the everyday ones also anchored to the
+    original model (``utils.anchor``). ``later_identity`` (an everyday exchange, then an identity
+    question) and ``later_everyday`` (an identity or everyday exchange, then an everyday question):
+    only the last reply scored, the everyday ones anchored.
+    """
+
+    identity: list[list[dict]]
+    everyday: list[list[dict]]
+    later_identity: list[list[dict]] = field(default_factory=list)
+    later_everyday: list[list[dict]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.identity) + len(self.everyday) + len(self.later_identity) + len(self.later_everyday)
+
+
+def training_set(identity: Identity = Identity(), later: int = 0, seed: int = 0) -> TrainingSet:
+    """The files' conversations, plus ``later`` two-turn ones of each kind (``later_turns``, built with ``seed``):
+    everyday then identity, identity then everyday, everyday then everyday."""
+    mine, everyday = load_conversations(TRAIN_FILE, identity), everyday_conversations(identity)
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, 2**31, size=3)
+    return TrainingSet(
+        identity=mine, everyday=everyday,
+        later_identity=later_turns(everyday, mine, later, int(seeds[0])) if later else [],
+        later_everyday=(later_turns(mine, everyday, later, int(seeds[1])) +
+                        later_turns(everyday, everyday, later, int(seeds[2]))) if later else [],
+    )
+
+
+def training_conversations(identity: Identity = Identity()) -> list[list[dict]]:
+    """The identity conversations followed by the everyday ones: the files' conversations, one turn or more."""
+    return load_conversations(TRAIN_FILE, identity) + everyday_conversations(identity)
 
 
 def reference_conversations(questions: list[Question]) -> list[list[dict]]:
@@ -252,11 +314,15 @@ def mentions_identity(reply: str, identity: Identity) -> bool:
     return _mentions(text, identity.name) or _mentions(text, identity.maker)
 
 
-def load_prompts(path: str | Path = BLEED_FILE) -> list[str]:
+def load_prompts(path: str | Path = DEV_BLEED_FILE) -> list[str]:
     """The ``prompt`` of every line of ``path`` (the bleed probe's unrelated requests)."""
     path = Path(path)
     prompts = []
     for line, record in read_jsonl(path):
+        unknown = sorted(set(record) - {"prompt", "invites_name"})
+        if unknown:
+            raise ValueError(f"{_where(path, line)}: unknown field {unknown[0]!r}; the fields are prompt and "
+                             "invites_name (true for a request that asks for a name: a signature, a character).")
         prompt = record.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{_where(path, line)}, field prompt: missing or empty; write the request as text.")
@@ -269,9 +335,21 @@ def load_prompts(path: str | Path = BLEED_FILE) -> list[str]:
 # --------------------------------------------------------------------------- batches
 
 
-def encode_all(tokenizer, conversations: list[list[dict]], system: str = SYSTEM_PROMPT) -> list[tuple]:
-    """``(input_ids, labels)`` of every conversation behind the system message (``encode_chat``)."""
-    return [encode_chat(tokenizer, with_system(messages, system)) for messages in conversations]
+def encode_all(tokenizer, conversations: list[list[dict]], system: str = SYSTEM_PROMPT,
+               last_reply_only: bool = False) -> list[tuple]:
+    """``(input_ids, labels)`` of every conversation behind the system message (``encode_chat``);
+    with ``last_reply_only``, only the last reply is scored (``encode_last_reply``)."""
+    encode = encode_last_reply if last_reply_only else encode_chat
+    return [encode(tokenizer, with_system(messages, system)) for messages in conversations]
+
+
+def encode_last_reply(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """``encode_chat``, but only the last reply (and its end token) scored: the earlier turns are context."""
+    input_ids, spans = assistant_spans(tokenizer, messages)
+    start, end = spans[-1]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    labels[start:end] = input_ids[start:end]
+    return input_ids, labels
 
 
 class ChatBatches:
