@@ -66,3 +66,84 @@ def test_sizes_and_memory_stacks_every_part_of_every_row():
     tops = sorted(p.get_y() + p.get_height() for p in right.patches)
     assert tops[-2:] == pytest.approx([2.8, 4.4])  # each stack reaches its row's total
     plt.close(fig)
+
+
+# ---- the pictures of 01, 02, 04 and 05: each returns a figure that shows what its caption says ----
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from utils import data_figures, evaluation_figures, preprocessing_figures, training_figures  # noqa: E402
+
+
+def conversation(n_turns, id_="c"):
+    roles = ["user", "assistant"]
+    return {"id": id_, "messages": [{"role": roles[t % 2], "content": "hi there"} for t in range(n_turns)]}
+
+
+def test_data_figures_return_figures():
+    lines = [{"sender": "a", "text": "hi"}, {"sender": "b", "text": "hello"}, {"sender": "b", "text": "how are you"}]
+    fig = data_figures.record_to_turns(lines, first_sender="a")
+    assert any(t.startswith("assistant: hello ⏎ how are you") for t in texts(fig))  # two lines, one turn
+    splits = {"train": [conversation(3, "a"), conversation(1, "b")], "validation": [conversation(2, "c")],
+              "test": [conversation(4, "d")]}
+    for fig in (data_figures.sources_diagram(), data_figures.turns_per_conversation([1, 1, 3, 20]),
+                data_figures.words_per_turn([1, 2, 3, 40]), data_figures.turns_per_role({"user": 5, "assistant": 3}, 2),
+                data_figures.split_diagram(splits)):
+        assert isinstance(fig, Figure)
+        plt.close(fig)
+    plt.close("all")
+
+
+def test_preprocessing_figures_return_figures():
+    table = pd.DataFrame({"step": ["fix_unicode", "too_few_turns", "near_duplicates"],
+                          "kind": ["edit", "filter", "dedup"], "messages_changed": [3, 0, 0],
+                          "conversations_dropped": [0, 5, 1]})
+    fig = preprocessing_figures.cleaning_pipeline(table, conversations_in=10)
+    assert "4 left" in texts(fig) and "-5 conversations" in texts(fig)  # 10 - 5 - 1: the running count
+    plt.close(fig)
+    comparison = pd.DataFrame({"vocabulary": [512, 50257], "bytes per token": [2.2, 4.1], "share used": [0.7, 0.3]},
+                              index=["ours", "GPT-2"])
+    for fig in (preprocessing_figures.lowercasing_bytes_per_token({"as typed": 2.2, "lowercased": 2.3}),
+                preprocessing_figures.minhash_bands(9, 13, 0.8, similarities=[0.97]),
+                preprocessing_figures.word_frequencies({"a": 5, "b": 1, "c": 1}),
+                preprocessing_figures.tokenizers_compared(comparison)):
+        assert isinstance(fig, Figure)
+        plt.close(fig)
+
+
+def test_training_figures_return_figures():
+    fig = training_figures.shift_diagram(["he", "llo", " wor", "ld"])
+    labels = texts(fig)
+    assert labels.count("llo") == 2 and "he" in labels and "ld" in labels  # llo: an input and a target
+    plt.close(fig)
+    metrics = {"history": [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}], "evals": [{"step": 2, "val_loss": 4.2}]}
+    rows = [{"name": f"{n}", "parameters": n, "val_loss": 4 + (np.log(n) - np.log(1e5)) ** 2 / 10,
+             "tokens_per_parameter": 1e6 / n} for n in (3e4, 1e5, 3e5)]
+    fig = training_figures.iso_flop_profile(rows, 1e12, valley=(1e5, 4.0), chosen="300000.0")
+    assert "30000.0\n33 tok/param" in texts(fig) and "300000.0\n3.3 tok/param" in texts(fig)  # never "0 tok/param"
+    plt.close(fig)
+    for fig in (training_figures.accumulation_diagram(4),
+                training_figures.learning_rate_schedule(np.arange(10), np.linspace(1e-3, 1e-4, 10), 2),
+                training_figures.loss_curves(metrics)):
+        assert isinstance(fig, Figure)
+        plt.close(fig)
+
+
+def test_evaluation_figures_return_figures():
+    fig = evaluation_figures.sliding_windows([(0, 8, 8), (4, 12, 4)], n_tokens=13)
+    assert "window 2: reads 4..11, scores 9..12" in texts(fig)
+    plt.close(fig)
+    probabilities = np.array([0.5, 0.3, 0.1, 0.05, 0.05])
+    differences, weights = np.array([1.0, -2.0, 3.0]), np.array([1.0, 1.0, 2.0])
+    resampled = evaluation_figures.paired_bootstrap(differences, weights, n_resamples=50, seed=0)
+    from utils.evaluation import bootstrap_interval
+
+    low, high = bootstrap_interval(differences, weights, n_resamples=50, seed=0)
+    assert np.percentile(resampled, 2.5) == pytest.approx(low) and np.percentile(resampled, 97.5) == pytest.approx(high)
+    for fig in (evaluation_figures.sampling_distributions(probabilities, top_k=2, top_p=0.85, show=5),
+                evaluation_figures.paired_difference(resampled, 0.5, (low, high)),
+                evaluation_figures.baselines({"uniform": 1024.0, "ours": 30.0}, "ours", "t")):
+        assert isinstance(fig, Figure)
+        plt.close(fig)
