@@ -101,7 +101,7 @@ def test_preprocessing_figures_return_figures():
                           "kind": ["edit", "filter", "dedup"], "messages_changed": [3, 0, 0],
                           "conversations_dropped": [0, 5, 1]})
     fig = preprocessing_figures.cleaning_pipeline(table, conversations_in=10)
-    assert "4 left" in texts(fig) and "-5 conversations" in texts(fig)  # 10 - 5 - 1: the running count
+    assert "4 left" in texts(fig) and "5 conversations dropped" in texts(fig)  # 10 - 5 - 1: the running count
     plt.close(fig)
     comparison = pd.DataFrame({"vocabulary": [512, 50257], "bytes per token": [2.2, 4.1], "share used": [0.7, 0.3]},
                               index=["ours", "GPT-2"])

@@ -219,7 +219,10 @@ def _best_correction(checker, word: str) -> str:
     chat repeats its typos, and a distance-2 lookup costs milliseconds."""
     if checker.known([word]):
         return word
-    return checker.correction(word) or word
+    candidates = checker.candidates(word) or ()
+    # pyspellchecker's own correction() takes max() over a set: equally frequent candidates ("antman" -> "altman" or
+    # "atman") then come out in an order that changes with Python's hash seed. Same rule, ties to the first word.
+    return min(candidates, key=lambda c: (-checker[c], c), default=word)
 
 
 def spelling_corrections(

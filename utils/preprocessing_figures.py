@@ -42,7 +42,7 @@ def cleaning_pipeline(table, conversations_in: int):
         ax.text(x + 0.95, y - 0.2, row.kind, ha="center", va="center", fontsize=8, color="dimgray")
         left -= int(row.conversations_dropped)
         did = (f"{int(row.messages_changed):,} messages changed" if row.kind == "edit"
-               else f"-{int(row.conversations_dropped):,} conversations")
+               else f"{int(row.conversations_dropped):,} conversations dropped")
         ax.text(x + 0.95, y - 0.65, did, ha="center", va="top", fontsize=8.5,
                 color="black" if (row.messages_changed or row.conversations_dropped) else "gray")
         ax.text(x + 0.95, y - 0.95, f"{left:,} left", ha="center", va="top", fontsize=8, color="dimgray")
