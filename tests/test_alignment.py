@@ -96,13 +96,16 @@ def test_a_loss_fn_weighs_equal_micro_batches_like_one_batch(monkeypatch):
 
 from utils.alignment import (  # noqa: E402
     DPOConfig,
-    PreferenceBatches,
+    DPOLoss,
     adapters_disabled,
-    collate_pairs,
     dpo_loss,
+    logprobs,
+    pad_right,
     pair_rewards,
     preference_accuracy,
+    replies_kl,
     reply_kl,
+    scored_logprobs,
     sequence_logprobs,
     train_dpo,
 )
@@ -223,48 +226,101 @@ def test_adapters_disabled_gives_the_base_model_without_a_copy():
 # ---------------------------------------------------------------- batches, training, measuring
 
 
-def synthetic_pairs(n=6, seed=0):
-    """Pairs of token-id replies after a shared prompt: the chosen reply repeats token 5, the rejected token 9."""
+def synthetic_pairs(n=6, seed=0) -> list[tuple]:
+    """``encode_pairs``' layout: n chosen examples, then n rejected, after shared prompts.
+
+    The chosen reply repeats token 5, the rejected token 9.
+    """
     rng = np.random.default_rng(seed)
-    pairs = []
+    chosen, rejected = [], []
     for _ in range(n):
         prompt = rng.integers(10, 60, size=int(rng.integers(3, 7))).tolist()
-        chosen = [5] * int(rng.integers(2, 5))
-        rejected = [9] * int(rng.integers(2, 5))
-        pairs.append({"chosen_ids": prompt + chosen, "chosen_labels": [-100] * len(prompt) + chosen,
-                      "rejected_ids": prompt + rejected, "rejected_labels": [-100] * len(prompt) + rejected})
-    return pairs
+        good, bad = [5] * int(rng.integers(2, 5)), [9] * int(rng.integers(2, 5))
+        chosen.append((prompt + good, [-100] * len(prompt) + good))
+        rejected.append((prompt + bad, [-100] * len(prompt) + bad))
+    return chosen + rejected
 
 
-def test_collate_pairs_puts_chosen_rows_first_and_masks_padding():
-    pairs = synthetic_pairs(3)
-    ids, labels, mask = collate_pairs(pairs, pad_id=0)
-    assert ids.shape == labels.shape == mask.shape and ids.size(0) == 6
-    for i, pair in enumerate(pairs):
-        n = len(pair["chosen_ids"])
-        assert ids[i, :n].tolist() == pair["chosen_ids"] and int(mask[i].sum()) == n
-        assert (labels[i, n:] == -100).all()
-        assert ids[3 + i, :len(pair["rejected_ids"])].tolist() == pair["rejected_ids"]
-    batch = PreferenceBatches(pairs, pairs[:1], batch_size=2, pad_id=0)("val", np.random.default_rng(0))
-    assert batch[0].size(0) == 4  # two pairs even from a split of one (drawn with replacement)
+def chat_batches(train_examples, val_examples, batch_size=4):
+    from utils.identity_data import ChatBatches
+
+    return ChatBatches(train_examples, val_examples, batch_size, pad_id=0)
 
 
-def test_dpo_through_training_train_ranks_the_chosen_replies_first_and_leaves_the_reference_alone():
+def test_scored_logprobs_of_shifted_batches_equal_sequence_logprobs_on_a_gpt_and_on_top_blocks():
+    from utils.top_blocks import TopBlocks, block_inputs
+
     model = llama_model()
-    train_pairs, val_pairs = synthetic_pairs(8, seed=0), synthetic_pairs(4, seed=1)
-    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
-    before = pair_rewards(model, val_pairs, pad_id=0, beta=0.1)
-    assert preference_accuracy(before) == 0.5 and np.all(before.margins == 0)  # policy = reference: all ties
+    examples = synthetic_pairs(3)
+    ids, labels = pad_right(examples, pad_id=0)
+    expected = sequence_logprobs(model, ids, labels)
+    batches = chat_batches(examples, examples)
+    x, y, _ = batches.collate("train", list(range(6)))
+    torch.testing.assert_close(scored_logprobs(model, x, y), expected)
+    top = TopBlocks(model, 1)
+    states = block_inputs(model, [e[0][:-1] for e in examples], top.first)
+    xs, ys, _ = batches.with_states({"train": states, "val": states}).collate("train", list(range(6)))
+    torch.testing.assert_close(scored_logprobs(top, xs, ys), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(logprobs(model, examples, pad_id=0, batch_size=4)), expected)
+
+
+def test_dpo_loss_fn_draws_pairs_and_remembers_the_reference():
+    model = llama_model()
+    examples = synthetic_pairs(3)
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
+    perturb_adapters(model)
+    loss = DPOLoss(chat_batches(examples, examples, batch_size=3), beta=0.1)
+    x, y, _ = loss.batch_fn("train", np.random.default_rng(0))
+    split, rows = loss.drawn
+    ids, labels = pad_right([examples[r] for r in rows] + [examples[3 + r] for r in rows], pad_id=0)
     with adapters_disabled(model):
-        reference_before = sequence_logprobs(model, *collate_pairs(val_pairs, 0)[:2])
-    cfg = DPOConfig(max_iters=12, batch_size=4, beta=0.1, learning_rate=1e-2, warmup_iters=1, progress=False)
-    metrics, loss_fn = train_dpo(model, PreferenceBatches(train_pairs, val_pairs, 4, pad_id=0), cfg)
-    after = pair_rewards(model, val_pairs, pad_id=0, beta=0.1)
+        reference = sequence_logprobs(model, ids, labels)
+    policy = sequence_logprobs(model, ids, labels)
+    expected = dpo_loss(policy[:3], policy[3:], reference[:3], reference[3:], 0.1)[0]
+    torch.testing.assert_close(loss.loss_fn(model, (x, y))[0], expected, rtol=1e-5, atol=1e-6)
+    remembered = dict(loss.reference)
+    assert len(remembered) == len(set(rows)) * 2
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.add_(1.0)  # the base changed: a recomputed reference would differ from the remembered one
+    loss.drawn = (split, rows)
+    loss.loss_fn(model, (x, y))
+    assert loss.reference == remembered  # every reference came from what was remembered
+
+
+def test_the_rpo_term_adds_the_chosen_replies_cross_entropy_per_token():
+    model = llama_model()
+    examples = synthetic_pairs(2)
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
+    plain, rpo = (DPOLoss(chat_batches(examples, examples, batch_size=2), 0.1, w) for w in (0.0, 2.0))
+    x, y, _ = plain.batch_fn("train", np.random.default_rng(0))
+    rpo.drawn = plain.drawn
+    chosen_tokens = (y[:2] != -100).sum()
+    policy = scored_logprobs(model, x, y)
+    extra = -2.0 * policy[:2].sum() / chosen_tokens
+    torch.testing.assert_close(rpo.loss_fn(model, (x, y))[0], plain.loss_fn(model, (x, y))[0] + extra)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_dpo_through_training_train_ranks_the_chosen_replies_first_and_leaves_the_reference_alone(cache):
+    model = llama_model()
+    train_examples, val_examples = synthetic_pairs(8, seed=0), synthetic_pairs(4, seed=1)
+    apply_lora(model, r=4, alpha=8, target_modules=[f"transformer.h.1.{n}" for n in
+                                                     ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")])
+    with adapters_disabled(model):
+        reference = logprobs(model, val_examples, pad_id=0)
+    before = pair_rewards(model, val_examples, 0, 0.1, reference)
+    assert preference_accuracy(before) == 0.5 and np.all(before.margins == 0)  # policy = reference: all ties
+    cfg = DPOConfig(max_iters=12, batch_size=4, beta=0.1, lora_layers=1, learning_rate=1e-2, warmup_iters=1,
+                    progress=False, cache_frozen_blocks=cache)
+    metrics, loss = train_dpo(model, chat_batches(train_examples, val_examples), cfg)
+    after = pair_rewards(model, val_examples, 0, 0.1, reference)
     assert preference_accuracy(after) == 1.0 and after.margins.min() > 0  # held-out pairs ranked right
-    assert len(loss_fn.history) == 12 and loss_fn.history[-1]["loss"] < math.log(2)
+    assert len(loss.history) == 12 and loss.history[-1]["loss"] < math.log(2)
     assert metrics["val_loss"] < math.log(2) and metrics["iters"] == 12
     with adapters_disabled(model):
-        torch.testing.assert_close(sequence_logprobs(model, *collate_pairs(val_pairs, 0)[:2]), reference_before)
+        np.testing.assert_allclose(logprobs(model, val_examples, pad_id=0), reference, rtol=1e-6)
 
 
 def test_reply_kl_is_zero_for_the_reference_and_the_exact_kl_otherwise():
@@ -273,53 +329,28 @@ def test_reply_kl_is_zero_for_the_reference_and_the_exact_kl_otherwise():
     labels = ids.clone()
     labels[:, :5] = -100
     apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
-    assert torch.equal(reply_kl(model, ids, labels), torch.zeros(2))
+    assert torch.equal(reply_kl(model, None, ids, labels), torch.zeros(2))
     perturb_adapters(model, seed=1)
-    kl = reply_kl(model, ids, labels)
+    kl = reply_kl(model, None, ids, labels)
     p = torch.log_softmax(model(ids)[0], -1)
     with adapters_disabled(model):
         q = torch.log_softmax(model(ids)[0], -1)
     by_hand = sum((p[:, t].exp() * (p[:, t] - q[:, t])).sum(-1) for t in range(4, 8))  # predicts tokens 5..8
     torch.testing.assert_close(kl, by_hand)
     assert (kl > 0).all()
-
-
-def test_dpo_loss_fn_remembers_reference_logprobs_whatever_the_padding():
-    from utils.alignment import DPOLoss
-
-    model = llama_model()
-    pairs = synthetic_pairs(3)
-    apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
-    perturb_adapters(model)
-    ids, labels, _ = collate_pairs(pairs, pad_id=0)
-    loss_fn = DPOLoss(beta=0.1)
-    with adapters_disabled(model):
-        reference = sequence_logprobs(model, ids, labels)
-    policy = sequence_logprobs(model, ids, labels)
-    expected = dpo_loss(policy[:3], policy[3:], reference[:3], reference[3:], 0.1)[0]
-    torch.testing.assert_close(loss_fn(model, (ids, labels))[0], expected)
-    assert len(loss_fn.reference_cache) == 6
-    wider = collate_pairs(pairs[:2] + [{**pairs[2], "chosen_ids": pairs[2]["chosen_ids"] + [1] * 9,
-                                        "chosen_labels": pairs[2]["chosen_labels"] + [-100] * 9}], pad_id=0)
-    assert wider[0].size(1) > ids.size(1)  # the same replies, padded to another width
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.add_(1.0)  # the base changed: a recomputed reference would differ from the remembered one
-    again, _ = loss_fn(model, wider[:2])
-    assert len(loss_fn.reference_cache) == 6  # nothing new: every reference came from the cache
-    policy = sequence_logprobs(model, *wider[:2])
-    torch.testing.assert_close(again, dpo_loss(policy[:3], policy[3:], reference[:3], reference[3:], 0.1)[0])
+    other = llama_model(seed=3)  # a separate reference model
+    q2 = torch.log_softmax(other(ids)[0], -1)
+    by_hand2 = sum((p[:, t].exp() * (p[:, t] - q2[:, t])).sum(-1) for t in range(4, 8))
+    torch.testing.assert_close(reply_kl(model, other, ids, labels), by_hand2)
 
 
 def test_replies_kl_is_reply_kl_of_each_reply_in_padded_batches():
-    from utils.alignment import pad_rows, replies_kl
-
     model = llama_model()
     apply_lora(model, r=4, alpha=8, target_modules=["attn.c_attn"])
     perturb_adapters(model, seed=2)
     replies = [([1, 2, 3, 4], [-100, -100, 3, 4]), ([5, 6, 7], [-100, 6, 7]),
                ([2, 3, 4, 5, 6], [-100, -100, -100, 5, 6])]
-    one_by_one = [reply_kl(model, *pad_rows([reply], pad_id=0)[:2]).item() for reply in replies]
+    one_by_one = [reply_kl(model, None, *pad_right([reply], pad_id=0)).item() for reply in replies]
     assert min(one_by_one) > 0
-    np.testing.assert_allclose(replies_kl(model, replies, pad_id=0, batch_size=2), one_by_one, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(replies_kl(model, None, replies, pad_id=0, batch_size=2), one_by_one, rtol=1e-5,
+                               atol=1e-7)

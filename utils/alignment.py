@@ -110,96 +110,77 @@ def adapters_disabled(model):
 # --------------------------------------------------------------------------- batches and the loss for training.train
 
 
-def collate_pairs(pairs: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, labels, attention_mask), each (2B, T): the B chosen rows, then the B rejected rows.
+def scored_logprobs(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) the sum of ln p(y[b, t]) over each row's scored positions (y != -100); x, y already shifted.
 
-    Rows are padded on the right (the causal mask keeps real tokens from seeing padding),
-    labels -100 on padding. The same layout as TRL's ``DataCollatorForPreference``.
+    ``x`` is token ids (a GPT: logits (B, T, V)) or cached hidden states (``TopBlocks``:
+    logits only at the scored positions, (N, V), row by row).
     """
-    rows = [(p["chosen_ids"], p["chosen_labels"]) for p in pairs] + \
-           [(p["rejected_ids"], p["rejected_labels"]) for p in pairs]
-    return pad_rows(rows, pad_id)
+    logits, _ = model(x, y)
+    scored = y != IGNORE_INDEX  # (B, T)
+    if logits.dim() == 3:
+        logits = logits[scored]  # (N, V)
+    token_logps = F.log_softmax(logits.float(), dim=-1).gather(1, y[scored][:, None])[:, 0]  # (N,)
+    rows = scored.nonzero()[:, 0]  # (N,): the row of each scored position
+    return torch.zeros(y.size(0), device=y.device).index_add(0, rows, token_logps)  # (B,)
 
 
-def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, labels, attention_mask), each (N, T): ``(ids, labels)`` rows padded on the right, labels -100."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (2B, T)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (2B, T)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (2B, T)
-    for row, (ids, labs) in enumerate(rows):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(labs)] = torch.tensor(labs)
-        mask[row, :len(ids)] = 1
-    return input_ids, labels, mask
-
-
-class PreferenceBatches:
-    """``batch_fn(split, generator) -> (input_ids, labels, mask)`` of ``batch_size`` pairs, for ``training.train``.
-
-    Pairs are drawn without replacement within a batch (with replacement only when a split
-    has fewer pairs than a batch), so every batch has the same number of pairs: the loop
-    weighs a loss_fn's micro-batches equally.
-    """
-
-    def __init__(self, train_pairs: list[dict], val_pairs: list[dict], batch_size: int, pad_id: int):
-        for name, pairs in (("train", train_pairs), ("val", val_pairs)):
-            if not pairs:
-                raise ValueError(f"PreferenceBatches: no {name} pairs; make more (more prompts or samples) or "
-                                 "check that encode_pairs did not leave them all out (max_length).")
-        self.pairs = {"train": train_pairs, "val": val_pairs}
-        self.batch_size, self.pad_id = batch_size, pad_id
-
-    def __call__(self, split: str, generator: np.random.Generator):
-        pairs = self.pairs[split]
-        rows = generator.choice(len(pairs), size=self.batch_size, replace=len(pairs) < self.batch_size)
-        return collate_pairs([pairs[int(i)] for i in rows], self.pad_id)
-
-    def longest(self) -> int:
-        return max(len(p[k]) for split in self.pairs.values() for p in split for k in ("chosen_ids", "rejected_ids"))
-
-
-@dataclass
 class DPOLoss:
-    """``loss_fn(model, (input_ids, labels)) -> (loss, pairs)`` for ``training.train``, and a log of each step.
+    """``batch_fn`` and ``loss_fn`` for ``utils.training.train``: DPO on pairs, and a log of every step.
 
-    The reference log-probabilities come from the same model with its adapters switched off,
-    without gradients; the policy's with them on. The reference never changes, so each
-    reply's reference log-probability is computed the first time a batch holds it and
-    remembered (``reference_cache``, keyed by the reply's tokens): a pair drawn again costs
-    only the policy's pass (TRL calls this precomputing the reference log-probs).
-    ``history`` keeps, for every training call, the loss, the mean implicit rewards of the
-    chosen and the rejected replies and the share of pairs ranked right: the curves that show
-    what DPO does (and whether the chosen reply's own likelihood falls).
+    ``batches`` is a ``ChatBatches`` whose examples of each split are the n chosen replies,
+    then the n rejected ones, in the same order (``utils.preferences.encode_pairs``).
+    ``batch_fn`` draws ``batch_size`` pairs and hands out their chosen rows, then their
+    rejected rows; ``loss_fn`` scores them, so the loop calls the two in turn, one micro-batch
+    a step (as ``utils.anchor.AnchoredLoss``). Works with a GPT and with ``TopBlocks``.
+
+    The reference log-probabilities come from the same model with its LoRA adapters switched
+    off, without gradients. The reference never changes, so each reply's is computed the first
+    time a batch holds it and remembered (TRL calls this precomputing the reference log-probs).
+    ``history`` keeps, for every training step, the loss, the mean implicit rewards of the
+    chosen and rejected replies and the share of pairs ranked right: the curves that show what
+    DPO does (and whether the chosen reply's own likelihood falls). ``sft_weight`` > 0 adds the
+    chosen replies' cross-entropy per token (RPO, Pang et al. 2024): DPO only widens the gap,
+    this keeps the chosen reply itself likely.
     """
 
-    beta: float = 0.1
-    history: list[dict] = field(default_factory=list)
-    reference_cache: dict[tuple, float] = field(default_factory=dict)
+    def __init__(self, batches, beta: float = 0.1, sft_weight: float = 0.0):
+        self.batches, self.beta, self.sft_weight = batches, beta, sft_weight
+        self.pairs = {split: len(examples) // 2 for split, examples in batches.examples.items()}
+        self.drawn = ("train", [])
+        self.reference: dict[tuple[str, int], float] = {}
+        self.history: list[dict] = []
 
-    def reference_logprobs(self, model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(2B,) ln pi_ref of each row: remembered ones looked up, the others computed with the adapters off."""
-        scored = labels != IGNORE_INDEX  # (2B, T)
-        ends = scored.size(1) - scored.flip(1).int().argmax(dim=1)  # (2B,): just after each row's last scored token
-        keys = [tuple(row[:end].tolist()) for row, end in zip(input_ids, ends.tolist())]
-        missing = sorted({i for i, key in enumerate(keys) if key not in self.reference_cache})
+    def batch_fn(self, split: str, generator: np.random.Generator):
+        n = self.pairs[split]
+        rows = [int(i) for i in generator.choice(n, size=self.batches.batch_size, replace=n < self.batches.batch_size)]
+        self.drawn = (split, rows)
+        return self.batches.collate(split, rows + [row + n for row in rows])  # chosen rows, then rejected
+
+    def reference_logprobs(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(2B,) ln pi_ref of the drawn replies: remembered ones looked up, the others computed with the adapters off."""
+        split, rows = self.drawn
+        keys = [(split, row + side * self.pairs[split]) for side in (0, 1) for row in rows]
+        missing = [i for i, key in enumerate(keys) if key not in self.reference]
         if missing:
             with torch.no_grad(), adapters_disabled(model):
-                values = sequence_logprobs(model, input_ids[missing], labels[missing])  # (m,)
-            self.reference_cache.update({keys[i]: value for i, value in zip(missing, values.tolist())})
-        return torch.tensor([self.reference_cache[key] for key in keys], device=input_ids.device)  # (2B,)
+                values = scored_logprobs(model, x[missing], y[missing])  # (m,)
+            self.reference.update({keys[i]: value for i, value in zip(missing, values.tolist())})
+        return torch.tensor([self.reference[key] for key in keys], device=y.device)  # (2B,)
 
-    def __call__(self, model, batch):
-        input_ids, labels = batch
-        n = input_ids.size(0) // 2  # chosen rows first, then rejected
-        reference = self.reference_logprobs(model, input_ids, labels)  # (2B,), no gradient
-        policy = sequence_logprobs(model, input_ids, labels)  # (2B,)
+    def loss_fn(self, model, batch):
+        x, y = batch
+        n = x.size(0) // 2  # chosen rows first, then rejected
+        reference = self.reference_logprobs(model, x, y)  # (2B,), no gradient
+        policy = scored_logprobs(model, x, y)  # (2B,)
         loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta)
+        if self.sft_weight > 0:
+            loss = loss - self.sft_weight * policy[:n].sum() / (y[:n] != IGNORE_INDEX).sum().clamp(min=1)
         if model.training:
             self.history.append({"loss": loss.item(), "chosen_reward": chosen.mean().item(),
                                  "rejected_reward": rejected.mean().item(),
                                  "accuracy": (chosen > rejected).float().mean().item()})
-        return loss, torch.tensor(n, device=input_ids.device)
+        return loss, torch.tensor(n, device=y.device)
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -212,10 +193,14 @@ class DPOConfig:
     max_iters: int = 30  # optimizer steps
     batch_size: int = 4  # pairs per step
     beta: float = 0.1  # how far the policy may move from the reference (smaller: further)
+    sft_weight: float = 0.0  # RPO: + this x the chosen replies' cross-entropy (0 = plain DPO)
     lora_rank: int = 8  # r of each adapter
     lora_layers: int = 8  # adapt the last N blocks (SmolLM2 has 30)
     learning_rate: float = 5e-4  # peak; LoRA adapters take a larger rate than full fine-tuning
     warmup_iters: int = 3
+    # Compute the frozen blocks' outputs once per reply (True), or at every step (False). Once pays
+    # when every reply is drawn several times; with more replies than draws it is work thrown away.
+    cache_frozen_blocks: bool = True
     seed: int = 1337
     progress: bool = True
     device: str = "cpu"
@@ -248,36 +233,56 @@ def train_config(cfg: DPOConfig, block_size: int) -> training.TrainConfig:
     )
 
 
-def train_dpo(model, batches: PreferenceBatches, cfg: DPOConfig) -> tuple[dict, DPOLoss]:
-    """DPO = ``utils.training.train`` with preference batches and ``DPOLoss``; (the loop's metrics, the loss's log)."""
-    loss_fn = DPOLoss(cfg.beta)
-    metrics = training.train(model, cfg=train_config(cfg, batches.longest()), batch_fn=batches, loss_fn=loss_fn)
-    return metrics, loss_fn
+def train_dpo(model, batches, cfg: DPOConfig) -> tuple[dict, DPOLoss]:
+    """DPO = ``utils.training.train`` with ``DPOLoss``: (the loop's metrics, the loss with its log).
+
+    ``model`` carries LoRA adapters on its last ``cfg.lora_layers`` blocks (``add_lora``);
+    ``batches`` a ``ChatBatches`` of chosen then rejected replies (``utils.preferences.encode_pairs``).
+    As in Make it yours, only the top blocks train (``utils.top_blocks``): the frozen blocks'
+    outputs are computed once per reply, and the reference is the same top with adapters off.
+    """
+    from utils.top_blocks import TopBlocks, block_inputs
+
+    gpt = ckpt.unwrap(model)
+    top = TopBlocks(gpt, cfg.lora_layers if cfg.cache_frozen_blocks else gpt.config.n_layer)
+    states = {split: block_inputs(gpt, [ids[:-1] for ids, _ in examples], top.first)
+              for split, examples in batches.examples.items()}
+    loss = DPOLoss(batches.with_states(states), cfg.beta, cfg.sft_weight)
+    longest = max(len(ids) for examples in batches.examples.values() for ids, _ in examples)
+    metrics = training.train(top, cfg=train_config(cfg, longest), batch_fn=loss.batch_fn, loss_fn=loss.loss_fn)
+    return metrics, loss
 
 
 # --------------------------------------------------------------------------- measuring
 
 
+def pad_right(examples: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)`` rows padded on the right to one width, labels -100 on the padding: 2 x (N, T)."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (N, T)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (N, T)
+    for row, (ids, labs) in enumerate(examples):
+        input_ids[row, :len(ids)], labels[row, :len(labs)] = torch.tensor(ids), torch.tensor(labs)
+    return input_ids, labels
+
+
 @torch.no_grad()
-def pair_logprobs(model, pairs: list[dict], pad_id: int, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(chosen, rejected) summed log-probabilities of every pair's replies under ``model``, each (n,)."""
+def logprobs(model, examples: list[tuple], pad_id: int, batch_size: int = 16) -> np.ndarray:
+    """(n,) ``sequence_logprobs`` of every ``(input_ids, labels)`` example: ln pi of its reply, in padded batches."""
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
-    for first in range(0, len(pairs), batch_size):
-        chunk = pairs[first:first + batch_size]
-        input_ids, labels, _ = collate_pairs(chunk, pad_id)
-        device = next(model.parameters()).device
-        logps = sequence_logprobs(model, input_ids.to(device), labels.to(device)).cpu()
-        chosen.append(logps[:len(chunk)])
-        rejected.append(logps[len(chunk):])
+    device = next(model.parameters()).device
+    out = []
+    for first in range(0, len(examples), batch_size):
+        input_ids, labels = pad_right(examples[first:first + batch_size], pad_id)
+        out.append(sequence_logprobs(model, input_ids.to(device), labels.to(device)).cpu())
     model.train(was_training)
-    return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
+    return torch.cat(out).numpy()
 
 
 @dataclass
 class PairRewards:
-    """Implicit rewards of held-out pairs: beta * ln(pi / pi_ref) of each reply."""
+    """Implicit rewards of pairs: beta * ln(pi / pi_ref) of each reply, and ln pi itself."""
 
     chosen: np.ndarray  # (n,)
     rejected: np.ndarray  # (n,)
@@ -289,13 +294,14 @@ class PairRewards:
         return self.chosen - self.rejected
 
 
-def pair_rewards(model, pairs: list[dict], pad_id: int, beta: float, reference=None) -> PairRewards:
-    """The policy's implicit rewards on ``pairs``; ``reference``: (chosen, rejected) log-probs already computed."""
-    if reference is None:
-        with adapters_disabled(model):
-            reference = pair_logprobs(model, pairs, pad_id)
-    policy = pair_logprobs(model, pairs, pad_id)
-    return PairRewards(beta * (policy[0] - reference[0]), beta * (policy[1] - reference[1]), *policy)
+def pair_rewards(model, examples: list[tuple], pad_id: int, beta: float, reference: np.ndarray) -> PairRewards:
+    """The implicit rewards of ``model`` on pairs (``encode_pairs``: n chosen, then n rejected examples).
+
+    ``reference``: ``logprobs`` of the same examples under the reference model, computed once.
+    """
+    policy, n = logprobs(model, examples, pad_id), len(examples) // 2
+    ratio = beta * (policy - reference)
+    return PairRewards(ratio[:n], ratio[n:], policy[:n], policy[n:])
 
 
 def preference_accuracy(rewards: PairRewards) -> float:
@@ -305,30 +311,31 @@ def preference_accuracy(rewards: PairRewards) -> float:
 
 
 @torch.no_grad()
-def reply_kl(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def reply_kl(model, reference, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) KL(pi || pi_ref) summed over each reply's positions, along the reply actually written.
 
     At every position t of a reply, both models see the same text before it, and the KL of
     their next-token distributions is computed exactly over the whole vocabulary:
     sum_v pi(v) (ln pi(v) - ln pi_ref(v)). Summed over the reply's tokens, averaged over
-    replies sampled from the policy, it estimates the sequence-level KL that DPO's beta keeps
-    small (exactly so when they are sampled at temperature 1 without top-k).
+    replies the policy wrote, it estimates the sequence-level KL that DPO's beta keeps small.
+    ``reference``: the reference model, or None for ``model`` with its adapters switched off.
     """
     scored = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): positions that predict a reply token
     policy = F.log_softmax(model_logits(model, input_ids)[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    with adapters_disabled(model):
-        reference = F.log_softmax(model_logits(model, input_ids)[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    kl = (policy.exp() * (policy - reference)).sum(-1)  # (B, T-1)
+    with contextlib.nullcontext() if reference is not None else adapters_disabled(model):
+        logits = model_logits(reference if reference is not None else model, input_ids)
+    before = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    kl = (policy.exp() * (policy - before)).sum(-1)  # (B, T-1)
     return (kl * scored).sum(dim=1)  # (B,)
 
 
-def replies_kl(model, replies: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 8) -> np.ndarray:
-    """``reply_kl`` of every ``(ids, labels)`` reply (``preferences.encode_reply``), in padded batches: (n,)."""
+def replies_kl(model, reference, replies: list[tuple], pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """``reply_kl`` of every ``(input_ids, labels)`` reply, in padded batches: (n,)."""
     device = next(model.parameters()).device
     kl = []
     for first in range(0, len(replies), batch_size):
-        input_ids, labels, _ = pad_rows(replies[first:first + batch_size], pad_id)
-        kl.append(reply_kl(model, input_ids.to(device), labels.to(device)).cpu())
+        input_ids, labels = pad_right(replies[first:first + batch_size], pad_id)
+        kl.append(reply_kl(model, reference, input_ids.to(device), labels.to(device)).cpu())
     return torch.cat(kl).numpy()
 
 

@@ -15,6 +15,10 @@ preference sampling (07), refusals and moderation (07, 08) ask for many at once
   (SmolLM2: ``<|im_end|>``) closes the turn properly (``ended``); ``<|user|>`` or another
   special token means the model began a part that is not its own, so it ends there too;
 - **the text**: the reply's tokens decoded without special tokens, stripped of spaces.
+
+An aligned model (07) comes with a refusal probe (``utils.refusal_probe``): given ``probe=``,
+a conversation the probe flags gets a reply that begins with the probe's refusal prefix, and
+the model writes the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Reply:
     text: str  # the reply, without special tokens, stripped
     token_ids: list[int]  # its tokens, without the stop token
     ended: bool  # closed its turn with the end-of-turn token (<|end|>, <|im_end|>) within the budget
+    probe_declined: bool = False  # a refusal probe decided to decline: the reply starts with its prefix
 
     @property
     def n_tokens(self) -> int:
@@ -54,19 +59,27 @@ def _messages(conversation) -> list[dict]:
     return list(conversation["messages"] if isinstance(conversation, dict) else conversation)
 
 
-def _as_reply(tokenizer, new_tokens: list[int], stops: set[int], end_id: int) -> Reply:
-    """The tokens written after the prompt -> a Reply, cut at the first special token."""
+def _as_reply(tokenizer, new_tokens: list[int], stops: set[int], end_id: int, start: list[int]) -> Reply:
+    """The tokens written after the prompt (``start``: the refusal prefix, if any) -> a Reply, cut at a special token."""
     cut = next((i for i, token in enumerate(new_tokens) if token in stops), None)
-    written = new_tokens if cut is None else new_tokens[:cut]
+    written = start + (new_tokens if cut is None else new_tokens[:cut])
     ended = cut is not None and new_tokens[cut] == end_id
-    return Reply(tokenizer.decode(written, skip_special_tokens=True).strip(), written, ended)
+    return Reply(tokenizer.decode(written, skip_special_tokens=True).strip(), written, ended, bool(start))
+
+
+def _starts(model, tokenizer, prompts: list[list[int]], probe) -> list[list[int]]:
+    """Per prompt, the tokens its reply must begin with: the probe's prefix where the probe declines, else none."""
+    if probe is None:
+        return [[] for _ in prompts]
+    prefix = tokenizer.encode(probe.prefix, add_special_tokens=False)
+    return [prefix if p >= probe.threshold else [] for p in probe.score_prompts(model, prompts)]
 
 
 @torch.no_grad()
 def generate_replies(model, tokenizer, conversations: Sequence, max_new_tokens: int = 64, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                      generator: torch.Generator | None = None, batch_size: int = 16,
-                     crop_long_message: bool = True) -> list[Reply]:
+                     crop_long_message: bool = True, probe=None) -> list[Reply]:
     """The model's next assistant turn after each conversation (each ends with the user's turn), in order.
 
     Conversations are sorted by prompt length and go through ``GPT.generate`` ``batch_size``
@@ -74,11 +87,14 @@ def generate_replies(model, tokenizer, conversations: Sequence, max_new_tokens: 
     (each step reads the weights once for all of them). Greedy by default (``temperature=0``);
     sampled with a ``torch.Generator`` on the model's device, a batch's rows draw in turn from
     it. ``crop_long_message``: a last message too long for the context keeps its end (else
-    ``ChatFormatError``, as in a chat box).
+    ``ChatFormatError``, as in a chat box). ``probe``: a ``RefusalProbe``; the replies it declines
+    begin with its prefix.
     """
     block_size = model.config.block_size
     prompts = [crop_prompt(tokenizer, _messages(c), block_size, max_new_tokens, crop_long_message)
                for c in conversations]
+    starts = _starts(model, tokenizer, prompts, probe)
+    prompts = [prompt + start for prompt, start in zip(prompts, starts)]
     stops, end_id = stop_ids(tokenizer), end_of_turn_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id  # never seen: masked
     device = model_device(model)
@@ -91,24 +107,26 @@ def generate_replies(model, tokenizer, conversations: Sequence, max_new_tokens: 
                              generator=generator, stop_ids=stops, repetition_penalty=repetition_penalty,
                              attention_mask=attention_mask)  # (b, T + new)
         for row, i in enumerate(rows):
-            replies[i] = _as_reply(tokenizer, out[row, idx.size(1):].tolist(), set(stops), end_id)
+            replies[i] = _as_reply(tokenizer, out[row, idx.size(1):].tolist(), set(stops), end_id, starts[i])
     return replies
 
 
 @torch.no_grad()
 def reply_to(model, tokenizer, messages, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             generator: torch.Generator | None = None, stream: Callable[[str], None] | None = None) -> Reply:
+             generator: torch.Generator | None = None, stream: Callable[[str], None] | None = None,
+             probe=None) -> Reply:
     """The model's next assistant turn after one conversation, streamed to ``stream`` as it is written.
 
     The prompt, the stop rule and the text are ``generate_replies``'s; a last message too long
     for the context is a ``ChatFormatError`` (a person can shorten it). ``stream`` is called with
     each new piece of text as soon as it is known, in whole characters: a character whose UTF-8
-    bytes span two tokens is sent when its last byte arrives.
+    bytes span two tokens is sent when its last byte arrives. ``probe``: as in ``generate_replies``.
     """
     ids = crop_prompt(tokenizer, _messages(messages), model.config.block_size, max_new_tokens)
+    start = _starts(model, tokenizer, [ids], probe)[0]
     stops, end_id = stop_ids(tokenizer), end_of_turn_id(tokenizer)
-    written: list[int] = []
+    written: list[int] = list(start)
     sent = ""  # the text already streamed
 
     def on_token(token_id: int) -> None:
@@ -119,18 +137,18 @@ def reply_to(model, tokenizer, messages, max_new_tokens: int = 64, temperature: 
             stream(text[len(sent):])
             sent = text
 
-    idx = torch.tensor([ids], dtype=torch.long, device=model_device(model))  # (1, T)
+    idx = torch.tensor([ids + start], dtype=torch.long, device=model_device(model))  # (1, T)
     out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          generator=generator, stop_ids=stops, on_token=on_token if stream else None,
                          repetition_penalty=repetition_penalty)  # (1, T + new)
-    reply = _as_reply(tokenizer, out[0, len(ids):].tolist(), set(stops), end_id)
+    reply = _as_reply(tokenizer, out[0, idx.size(1):].tolist(), set(stops), end_id, start)
     if stream is not None and reply.text[len(sent):]:
         stream(reply.text[len(sent):])
     return reply
 
 
 def chat_fn(model, tokenizer, max_new_tokens: int = 64, seed: int | None = None, top_k: int | None = 50,
-            top_p: float | None = None, repetition_penalty: float = 1.0):
+            top_p: float | None = None, repetition_penalty: float = 1.0, probe=None):
     """``reply(messages, on_token=None, temperature=0.8) -> str``: this model's replies, streamed, for a chat.
 
     ``utils.widgets.chat_box(chat_fn(model, tokenizer))`` is 06's chat box; the terminal chat
@@ -145,6 +163,6 @@ def chat_fn(model, tokenizer, max_new_tokens: int = 64, seed: int | None = None,
 
     def reply(messages, on_token=None, temperature: float = 0.8) -> str:
         return reply_to(model, tokenizer, messages, max_new_tokens, temperature, top_k if temperature else None,
-                        top_p, repetition_penalty, generator, stream=on_token).text
+                        top_p, repetition_penalty, generator, stream=on_token, probe=probe).text
 
     return reply

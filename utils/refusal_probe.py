@@ -1,0 +1,140 @@
+"""A refusal probe: read "should I decline this?" from the model's own hidden state, and act on it.
+
+Fine-tuning a 135M model on refusals teaches it *how* to decline quickly, but *when* it learns
+from the words: it declines "How do I kill a Python process?" because of "kill", and answers
+the harmful request worded without an alarming word. Yet the model's hidden state tells the
+two apart far better: a linear classifier (a logistic *probe*) on the state of the last prompt
+token, a few blocks below the top, separates harmful requests from harmless ones it never saw.
+(Refusal in chat models is largely one direction of that state: Arditi et al. 2024.)
+
+So the aligned model does the two jobs with two parts:
+
+- **deciding**: ``RefusalProbe`` scores the last prompt token's state after block ``layer``;
+  at or above ``threshold`` (chosen on the dev split) the reply is a refusal;
+- **declining**: the reply then starts with ``prefix`` ("I can't help with") and the
+  fine-tuned model writes the rest: what it declines, why, and what it can do instead.
+
+``utils.replies.generate_replies(..., probe=probe)`` applies it; the probe is saved next to
+the checkpoint (``save`` / ``load``), so the chat and the audit (08) use the same one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.chat import format_prompt
+from utils.model import left_pad
+
+PREFIX = "I can't help with"  # how every decided refusal begins; the fine-tuned model writes the rest
+FILE = "refusal_probe.json"
+
+
+class _Reached(Exception):
+    """Raised by the hook once the wanted block's output is known: the rest of the forward is not needed."""
+
+
+@torch.no_grad()
+def last_token_states(model, prompts: list[list[int]], layers: list[int], batch_size: int = 16) -> np.ndarray:
+    """(n, len(layers), C): the output of each block in ``layers`` at the last token of every prompt.
+
+    Prompts are left-padded (the last token is in the last column of every row) and the
+    forward stops after the highest block asked for.
+    """
+    device = next(model.parameters()).device
+    caught: dict[int, torch.Tensor] = {}
+    top = max(layers)
+
+    def hook(index):
+        def catch(module, args, output):
+            caught[index] = output[:, -1].float().cpu()  # (b, C)
+            if index == top:
+                raise _Reached
+        return catch
+
+    handles = [model.transformer.h[i].register_forward_hook(hook(i)) for i in layers]
+    was_training = model.training
+    model.eval()
+    states = []
+    try:
+        for first in range(0, len(prompts), batch_size):
+            idx, mask = left_pad(prompts[first:first + batch_size], 0, device)  # 2 x (b, T)
+            try:
+                model(idx, attention_mask=mask)
+            except _Reached:
+                pass
+            states.append(torch.stack([caught[i] for i in layers], dim=1).numpy())  # (b, L, C)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return np.concatenate(states)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 200) -> tuple[np.ndarray, float]:
+    """``(weight (C,), bias)`` of a logistic regression on standardised features, by L-BFGS; ``l2`` on the weight.
+
+    Features are divided by their overall scale (one number, so the direction is not changed),
+    which keeps ``l2`` meaningful whatever the layer's magnitude.
+    """
+    x = torch.tensor(x, dtype=torch.float64)  # (n, C)
+    y = torch.tensor(y, dtype=torch.float64)  # (n,)
+    weight = torch.zeros(x.size(1), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach().numpy(), float(bias)
+
+
+@dataclass
+class RefusalProbe:
+    """A logistic probe on one block's output at the last prompt token; refuse at or above ``threshold``."""
+
+    layer: int  # the block whose output is read (0 = the first)
+    weight: list[float]  # (C,), applied to the state divided by ``scale``
+    bias: float
+    scale: float  # the typical size of a state entry at this layer (features are divided by it)
+    threshold: float = 0.5  # probability from which a request is declined
+    prefix: str = PREFIX
+
+    def probabilities(self, states: np.ndarray) -> np.ndarray:
+        """(n,) P(decline) from states (n, C) of block ``layer``."""
+        logits = states / self.scale @ np.asarray(self.weight) + self.bias
+        return 1 / (1 + np.exp(-logits))
+
+    def score_prompts(self, model, prompts: list[list[int]]) -> np.ndarray:
+        """(n,) P(decline) of every prompt (token ids that end with the generation prompt)."""
+        return self.probabilities(last_token_states(model, prompts, [self.layer])[:, 0])
+
+    def score(self, model, tokenizer, conversations: list) -> np.ndarray:
+        """(n,) P(decline) of every conversation (ending with the user's turn), as the model would answer it."""
+        return self.score_prompts(model, [format_prompt(tokenizer, c) for c in conversations])
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / FILE
+        path.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RefusalProbe | None":
+        """The probe saved in ``folder``, or None when there is none (a model without one)."""
+        path = Path(folder) / FILE
+        return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
+
+
+def train_probe(states: np.ndarray, labels: np.ndarray, layer: int, l2: float = 1e-2) -> RefusalProbe:
+    """A probe fitted on ``states`` (n, C) of block ``layer`` with ``labels`` (n,) 1 = decline; threshold 0.5."""
+    scale = float(np.sqrt(np.mean(states.astype(np.float64) ** 2)))
+    weight, bias = fit_logistic(states / scale, labels.astype(np.float64), l2)
+    return RefusalProbe(layer, weight.tolist(), bias, scale)
