@@ -59,9 +59,9 @@ def sampling_distributions(probabilities, temperatures=(0.7, 1.0, 1.5), top_k: i
     left.set_title("temperature reshapes one distribution: < 1 sharper, > 1 flatter", fontsize=10)
     left.legend(fontsize=8)
     if labels is not None:
-        for rank in range(3):
-            left.annotate(repr(labels[order[rank]]), (rank + 1, p[order[rank]]), xytext=(6, 0),
-                          textcoords="offset points", fontsize=8)
+        top = ", ".join(f"{labels[t]!r} {p[t]:.2f}" for t in order[:3])
+        left.text(0.98, 0.45, f"most likely at temperature 1:\n{top}", transform=left.transAxes, ha="right",
+                  fontsize=8, bbox=dict(facecolor="white", edgecolor="lightgray"))
     cumulative = np.cumsum(p[order])
     nucleus = int(np.searchsorted(cumulative, top_p) + 1)
     right.plot(np.arange(1, len(p) + 1), cumulative, color="black")
