@@ -46,11 +46,11 @@ def save_yours_like(folder, tokenizer, name="Pip", maker="Alex"):
     return model
 
 
-def save_aligned_like(folder, tokenizer, report):
+def save_aligned_like(folder, tokenizer, report, probe=None):
     from utils import alignment
 
     model = tiny(len(tokenizer), seed=1)
-    alignment.save_dpo(model, tokenizer, folder, report)
+    alignment.save_dpo(model, tokenizer, folder, probe, report)
     return model
 
 
@@ -103,7 +103,7 @@ def test_smollm2_chat_takes_your_fine_tuned_model_when_there_is_one(own_template
     monkeypatch.setenv("COURSE_PROFILE", "ci")
     folder = tmp_path / "checkpoints" / "ci" / identity.YOURS
     model = save_yours_like(folder, own_template)
-    loaded, tokenizer, description = chat.load_smollm2_chat(root=tmp_path)
+    loaded, tokenizer, description, _ = chat.load_smollm2_chat(root=tmp_path)
     assert description.startswith("your fine-tuned SmolLM2 (Pip, made by Alex)")
     x = torch.tensor([format_prompt(tokenizer, [{"role": "user", "content": "Hi"}])])
     assert torch.allclose(loaded(x)[0], model.eval()(x)[0], atol=1e-6)
@@ -117,11 +117,18 @@ def test_smollm2_chat_takes_the_aligned_model_of_07_first(own_template, tmp_path
     yours = save_yours_like(checkpoints / identity.YOURS, own_template)
     aligned = save_aligned_like(checkpoints / alignment.DPO, own_template,
                                 {"identity": {"name": "Pip", "maker": "Alex"}})
-    loaded, tokenizer, description = chat.load_smollm2_chat(root=tmp_path)
+    loaded, tokenizer, description, _ = chat.load_smollm2_chat(root=tmp_path)
     assert description == "your aligned SmolLM2 (Pip, made by Alex) from checkpoints/ci/smollm2-dpo"
     assert same_logits(loaded, aligned, tokenizer)
+    # with its refusal probe: loaded with it, and said
+    from utils.refusal_probe import RefusalProbe
+
+    probe = RefusalProbe(layer=0, weight=[0.0] * 16, bias=0.0, scale=1.0, threshold=0.9)
+    save_aligned_like(checkpoints / alignment.DPO, own_template, {"identity": {"name": "Pip", "maker": "Alex"}}, probe)
+    _, _, description, loaded_probe = chat.load_smollm2_chat(root=tmp_path)
+    assert loaded_probe == probe and description.endswith("smollm2-dpo, with its refusal probe")
     # --model smollm2-yours: 06's model, even with 07's there
-    loaded, tokenizer, description = chat.load_smollm2_chat(root=tmp_path, which="smollm2-yours")
+    loaded, tokenizer, description, _ = chat.load_smollm2_chat(root=tmp_path, which="smollm2-yours")
     assert description == "your fine-tuned SmolLM2 (Pip, made by Alex) from checkpoints/ci/smollm2-yours"
     assert same_logits(loaded, yours, tokenizer)
 
@@ -141,13 +148,13 @@ def test_smollm2_as_released_when_asked_or_when_nothing_is_yours(own_template, t
     monkeypatch.setenv("COURSE_PROFILE", "ci")
     released = tiny(len(own_template), seed=2)
     monkeypatch.setattr(pretrained, "load_smollm2", lambda device="cpu": (released, own_template))
-    loaded, _, description = chat.load_smollm2_chat(root=tmp_path)
+    loaded, _, description, _ = chat.load_smollm2_chat(root=tmp_path)
     assert loaded is released and description.startswith(
         "SmolLM2-135M-Instruct as released (no 'Make it yours' model in checkpoints/ci/smollm2-yours yet")
     with pytest.raises(FileNotFoundError, match="smollm2-yours/identity.json does not exist"):
         chat.load_smollm2_chat(root=tmp_path, which="smollm2-yours")
     save_yours_like(tmp_path / "checkpoints" / "ci" / identity.YOURS, own_template)
-    loaded, _, description = chat.load_smollm2_chat(root=tmp_path, which="smollm2-released")
+    loaded, _, description, _ = chat.load_smollm2_chat(root=tmp_path, which="smollm2-released")
     assert loaded is released and description == "SmolLM2-135M-Instruct as released"
 
 
@@ -157,7 +164,7 @@ def test_smollm2_as_released_when_asked_or_when_nothing_is_yours(own_template, t
 def test_terminal_chat_with_smollm2_says_which_model_and_streams(own_template, monkeypatch, capsys):
     model = tiny(len(own_template))
     monkeypatch.setattr(chat, "load_smollm2_chat",
-                        lambda device, **where: (model, own_template, "SmolLM2 as a test"))
+                        lambda device, **where: (model, own_template, "SmolLM2 as a test", None))
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hi there\n/quit\n"))
     assert chat.main(["--model", "smollm2", "--max-new-tokens", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
@@ -191,7 +198,7 @@ def test_ctrl_c_leaves_at_once_with_exit_code_130(own_template, monkeypatch, cap
 
     model = tiny(len(own_template))
     monkeypatch.setattr(chat, "load_smollm2_chat",
-                        lambda device, **where: (model, own_template, "SmolLM2 as a test"))
+                        lambda device, **where: (model, own_template, "SmolLM2 as a test", None))
     monkeypatch.setattr(sys, "stdin", CtrlC())
     assert chat.main(["--model", "smollm2", "--device", "cpu"]) == 130
     captured = capsys.readouterr()

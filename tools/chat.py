@@ -98,16 +98,18 @@ def _who(report: dict) -> str:
 
 
 def load_smollm2_chat(device: str = "cpu", root=None, which: str = "smollm2"):
-    """``(model, tokenizer, description)``: SmolLM2-135M-Instruct as far as notebooks 06 and 07 took it.
+    """``(model, tokenizer, description, probe)``: SmolLM2-135M-Instruct as far as notebooks 06 and 07 took it.
 
     ``which``: ``smollm2`` takes the aligned model of 07 (``checkpoints/<profile>/smollm2-dpo``,
     ``utils.alignment``) when it is complete, else the "Make it yours" model of 06
     (``smollm2-yours``, ``utils.identity``), else SmolLM2-135M-Instruct as released;
     ``smollm2-yours`` takes 06's (``FileNotFoundError`` when it is missing);
     ``smollm2-released`` takes the released one. A folder counts once its report is
-    written (the last file its notebook saves).
+    written (the last file its notebook saves). ``probe``: the aligned model's refusal probe
+    (``utils.refusal_probe``), which decides when it declines; None for the others.
     """
     from utils import alignment, identity
+    from utils.refusal_probe import RefusalProbe
     from utils.config import Paths
     from utils.pretrained import load_smollm2
 
@@ -119,20 +121,22 @@ def load_smollm2_chat(device: str = "cpu", root=None, which: str = "smollm2"):
     aligned, yours = checkpoints / alignment.DPO, checkpoints / identity.YOURS
     if which == "smollm2" and (aligned / alignment.REPORT_FILE).exists():
         model, tokenizer, report = alignment.load_dpo(aligned, device=device)
-        return model, tokenizer, f"your aligned SmolLM2 ({_who(report)}) from {_shown(aligned, root)}"
+        probe = RefusalProbe.load(aligned)
+        with_probe = ", with its refusal probe" if probe is not None else ""
+        return model, tokenizer, f"your aligned SmolLM2 ({_who(report)}) from {_shown(aligned, root)}{with_probe}", probe
     if which in ("smollm2", "smollm2-yours") and (yours / identity.REPORT_FILE).exists():
         model, tokenizer, report = identity.load_yours(yours, device=device)
-        return model, tokenizer, f"your fine-tuned SmolLM2 ({_who(report)}) from {_shown(yours, root)}"
+        return model, tokenizer, f"your fine-tuned SmolLM2 ({_who(report)}) from {_shown(yours, root)}", None
     if which == "smollm2-yours":
         raise FileNotFoundError(f"{_shown(yours / identity.REPORT_FILE, root)} does not exist: no 'Make it yours' "
                                 f"model for the `{profile}` profile yet. Notebook 06 or `python -m utils.identity` "
                                 "makes one.")
     model, tokenizer = load_smollm2(device=device)
     if which == "smollm2-released":
-        return model, tokenizer, "SmolLM2-135M-Instruct as released"
+        return model, tokenizer, "SmolLM2-135M-Instruct as released", None
     return model, tokenizer, (f"SmolLM2-135M-Instruct as released (no 'Make it yours' model in "
                               f"{_shown(yours, root)} yet: notebook 06 or `python -m utils.identity` makes one; "
-                              f"notebook 07 aligns it into {_shown(aligned, root)})")
+                              f"notebook 07 aligns it into {_shown(aligned, root)})"), None
 
 
 def _folder(checkpoint: str, root: Path) -> Path:
@@ -193,8 +197,9 @@ def main(argv: list[str] | None = None, root: Path = REPO_ROOT) -> int:
 
         device = args.device or pick_device()
         try:
+            probe = None
             if args.model is not None:
-                model, tokenizer, description = load_smollm2_chat(device, root=root, which=args.model)
+                model, tokenizer, description, probe = load_smollm2_chat(device, root=root, which=args.model)
             else:
                 model, tokenizer = load_chat_model(_folder(args.checkpoint, root), device=device)
                 description = f"the model in {args.checkpoint}"
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None, root: Path = REPO_ROOT) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         reply = chat_fn(model, tokenizer, args.max_new_tokens, args.seed, args.top_k, args.top_p,
-                        args.repetition_penalty)
+                        args.repetition_penalty, probe=probe)
         print(f"Chatting with {description}.")
         print(HELP)
         talk(reply, args.temperature, args.system)

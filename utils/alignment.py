@@ -346,19 +346,30 @@ def dpo_dir(cfg) -> Path:
     return cfg.paths.checkpoints / DPO
 
 
-def save_dpo(model, tokenizer, folder: str | os.PathLike, report: dict) -> Path:
-    """The merged GPT (safetensors), its tokenizer in ``folder/tokenizer`` and ``dpo.json``, written last."""
+def save_dpo(model, tokenizer, folder: str | os.PathLike, probe, report: dict) -> Path:
+    """The merged GPT (safetensors), its tokenizer in ``folder/tokenizer``, its refusal probe and ``dpo.json``, written last.
+
+    ``probe``: the ``utils.refusal_probe.RefusalProbe`` that decides when the model declines (None: none).
+    """
     folder = Path(folder)
     (folder / REPORT_FILE).unlink(missing_ok=True)  # incomplete until the very end
-    ckpt.save_model(model, folder, tokenizer_name="SmolLM2-135M-Instruct, made yours, then DPO",
+    ckpt.save_model(model, folder, tokenizer_name="SmolLM2-135M-Instruct, made yours, then aligned",
                     vocab_size=len(tokenizer))
     tokenizer.save_pretrained(str(folder / "tokenizer"))
+    from utils.refusal_probe import FILE
+
+    (folder / FILE).unlink(missing_ok=True)  # a probe of an earlier run does not belong to these weights
+    if probe is not None:
+        probe.save(folder)
     write_json_atomically(folder / REPORT_FILE, report)
     return folder
 
 
 def load_dpo(folder: str | os.PathLike, device: str = "cpu"):
-    """``(model, tokenizer, report)`` from a folder written by ``save_dpo`` (notebook 07 makes it)."""
+    """``(model, tokenizer, report)`` from a folder written by ``save_dpo`` (notebook 07 makes it).
+
+    Its refusal probe: ``utils.refusal_probe.RefusalProbe.load(folder)``.
+    """
     from transformers import AutoTokenizer
 
     folder = Path(folder)

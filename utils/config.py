@@ -6,7 +6,8 @@ the same in all three:
 
 - ``ci``:  seconds per notebook on 2 CPU cores; what nbval runs in CI.
 - ``cpu``: a laptop; minutes; the full embedded dataset.
-- ``gpu``: Colab T4 and up; hub data when online, GPT-2 124M.
+- ``gpu``: Colab T4 and up; hub data when online, a GPT of GPT-2 124M's shape (12 layers,
+  width 768) in the Llama layout with the course's 8,192-token vocabulary: ~91 M parameters.
 
 Set ``COURSE_PROFILE`` to choose; the default is ``gpu`` when CUDA is there,
 else ``cpu``.
@@ -56,6 +57,7 @@ class Profile:
     # 04's size study: candidate shapes trained on the same compute, a fraction of the pretraining run's
     study_iters: int  # each candidate gets the FLOPs that the profile's model spends in this many steps
     study_shapes: tuple[tuple[int, int, int], ...]  # candidate (n_layer, n_head, n_embd), the profile's own among them
+    study_learning_rates: tuple[float, ...]  # each shape's peak learning rate (a short sweep; see each profile)
     study_eval_tokens: int  # validation tokens that score every candidate
     # 06 fine-tuning budget (the model and context are the pretrained one's)
     sft_max_iters: int  # optimizer steps of supervised fine-tuning
@@ -70,17 +72,18 @@ class Profile:
     identity_eval_questions: int | None  # held-out and factual questions asked (each set); None = all
     identity_max_new_tokens: int  # reply budget per evaluation question (greedy)
     identity_long_reply_tokens: int  # 06's repetition-penalty demo: the length of one long greedy reply
-    # 07 alignment: preference pairs from the "yours" SmolLM2, then DPO with LoRA (utils.preferences, utils.alignment)
-    dpo_prompts_per_kind: int | None  # red-team, benign, chat-opener prompts and hand-written pairs, each; None = all
-    dpo_samples: int  # replies sampled per prompt; the best and the worst under the rule become a pair
-    dpo_max_new_tokens: int  # reply budget when sampling (pairs and evaluation)
-    dpo_hub_pairs: int  # pairs of HuggingFaceH4/ultrafeedback_binarized added when online (0 = none)
+    # 07 alignment: a refusal probe decides, DPO teaches the words (utils.preferences, refusal_probe, alignment)
+    align_per_area: int | None  # training requests per harm area, harmful and benign each; None = all (20)
+    align_everyday: int | None  # everyday training requests; None = all (60)
+    align_test_per_area: int | None  # test requests per area and kind asked before and after; None = all (8)
+    align_max_new_tokens: int  # reply budget of the model's own answers and of the test replies
+    probe_layers: tuple[int, ...]  # blocks whose output the probe may read (chosen on dev)
     dpo_max_iters: int  # DPO optimizer steps
     dpo_batch_size: int  # pairs per step
     dpo_beta: float  # DPO's beta: how far the policy may move from the reference
+    dpo_sft_weight: float  # RPO: weight of the chosen replies' cross-entropy added to the DPO loss
     dpo_lora_rank: int  # r of each adapter (alpha = 2r)
     dpo_lora_layers: int  # adapt only the last N of SmolLM2's 30 blocks
-    dpo_eval_samples: int  # replies per held-out prompt from the DPO model (win rate, refusals, length, KL)
     dpo_mc_items: int | None  # multiple-choice items scored before and after DPO (utils.multiple_choice); None = all
     # the machine
     progress: bool  # progress bars and running loss prints while training (off in ci: short logs)
@@ -108,8 +111,11 @@ PROFILES = {
         eval_interval=30,
         eval_iters=10,
         layout="llama",  # the course default (see cpu), so CI runs the same blocks
-        study_iters=20,
-        study_shapes=((1, 2, 32), (2, 2, 64), (3, 4, 96)),
+        study_iters=59,  # as much as ci affords (below max_iters): the valley needs a width-4 model on its left
+        study_shapes=((1, 1, 4), (1, 1, 8), (1, 1, 16), (2, 2, 64)),
+        # The best of a short sweep per shape (validation loss at this budget): 1x4 4.710 at 1.2e-2, 4.700 at 2.4e-2;
+        # 1x8 4.626 at 3e-3, 4.504 at 6e-3, 4.447 at 1.2e-2; 1x16 4.516 at 1.2e-2, 4.833 at 2.4e-2; 2x64 5.327 at 3e-3
+        study_learning_rates=(2.4e-2, 1.2e-2, 1.2e-2, 3e-3),
         study_eval_tokens=2048,
         sft_max_iters=150,
         sft_batch_size=8,
@@ -122,16 +128,17 @@ PROFILES = {
         identity_eval_questions=3,
         identity_max_new_tokens=8,
         identity_long_reply_tokens=48,
-        dpo_prompts_per_kind=2,
-        dpo_samples=2,
-        dpo_max_new_tokens=8,
-        dpo_hub_pairs=0,
+        align_per_area=1,
+        align_everyday=2,
+        align_test_per_area=1,
+        align_max_new_tokens=8,
+        probe_layers=(20, 22),
         dpo_max_iters=2,  # a few steps: checks the path, teaches nothing
         dpo_batch_size=2,
         dpo_beta=0.1,
+        dpo_sft_weight=1.0,
         dpo_lora_rank=4,
         dpo_lora_layers=2,
-        dpo_eval_samples=1,
         dpo_mc_items=8,
         progress=False,
         torch_threads=1,  # models this small spend more time syncing 2 threads than computing
@@ -156,8 +163,13 @@ PROFILES = {
         eval_interval=400,
         eval_iters=20,
         layout="llama",  # measured: 0.2-0.5 nats below GPT-2's block at equal steps and FLOPs
-        study_iters=100,
-        study_shapes=((2, 2, 64), (3, 3, 96), (4, 4, 128), (4, 6, 192)),
+        study_iters=100,  # 1/20 of the run (04 prints where the valley's bottom lies)
+        study_shapes=((1, 1, 16), (1, 1, 32), (2, 2, 48), (4, 4, 128)),
+        # The best of a short sweep per shape at this budget (validation loss, one thread): 1x16 4.336 at 1.2e-2,
+        # 4.342 at 2.4e-2; 1x32 4.169 at 3e-3, 4.089 at 6e-3, 4.024 at 1.2e-2, 4.003 at 2.4e-2; 2x48 4.226 at 1.5e-3,
+        # 4.030 at 3e-3, 3.984 at 5e-3, 4.374 at 8e-3; 2x64 4.501 at 3e-3, 4.566 at 6e-3; 4x128: the run's 3e-3.
+        # One rate for all (3e-3, shapes 2x64 to 4x192) put the lowest loss at the smallest shape tried.
+        study_learning_rates=(1.2e-2, 2.4e-2, 5e-3, 3e-3),
         study_eval_tokens=65536,
         sft_max_iters=600,
         sft_batch_size=16,
@@ -170,16 +182,17 @@ PROFILES = {
         identity_eval_questions=None,
         identity_max_new_tokens=32,
         identity_long_reply_tokens=160,
-        dpo_prompts_per_kind=14,
-        dpo_samples=3,
-        dpo_max_new_tokens=32,
-        dpo_hub_pairs=32,
-        dpo_max_iters=30,
-        dpo_batch_size=4,
+        align_per_area=10,
+        align_everyday=30,
+        align_test_per_area=None,
+        align_max_new_tokens=24,
+        probe_layers=(16, 18, 20, 22, 24),
+        dpo_max_iters=40,
+        dpo_batch_size=8,
         dpo_beta=0.1,
+        dpo_sft_weight=1.0,
         dpo_lora_rank=8,
         dpo_lora_layers=8,
-        dpo_eval_samples=2,
         dpo_mc_items=None,
         progress=True,
         torch_threads=None,
@@ -192,7 +205,8 @@ PROFILES = {
         bpe_train_chars=1_000_000,
         bpe_vocab_size=1024,
         tokenizer_vocab_size=8192,
-        n_layer=12,  # GPT-2 124M's shape (utils.model_sizes.GPT_PRESETS["gpt2"]), our vocabulary
+        n_layer=12,  # GPT-2 124M's shape (utils.model_sizes.GPT_PRESETS["gpt2"]) in the Llama layout, our 8,192-token
+        # vocabulary: ~91 M parameters, not 124 M (GPT-2's 50,257-token embedding alone is 38.6 M)
         n_head=12,
         n_embd=768,
         block_size=1024,
@@ -206,6 +220,7 @@ PROFILES = {
         layout="llama",  # the course default, measured in the cpu profile
         study_iters=40,
         study_shapes=((4, 4, 256), (6, 6, 384), (8, 8, 512), (12, 12, 768)),
+        study_learning_rates=(6e-4, 6e-4, 6e-4, 6e-4),  # not swept: the profile's rate for every shape
         study_eval_tokens=262144,
         sft_max_iters=600,
         sft_batch_size=8,
@@ -218,16 +233,17 @@ PROFILES = {
         identity_eval_questions=None,
         identity_max_new_tokens=32,
         identity_long_reply_tokens=160,
-        dpo_prompts_per_kind=None,
-        dpo_samples=4,
-        dpo_max_new_tokens=64,
-        dpo_hub_pairs=2000,
-        dpo_max_iters=300,
+        align_per_area=None,
+        align_everyday=None,
+        align_test_per_area=None,
+        align_max_new_tokens=48,
+        probe_layers=(14, 16, 18, 20, 22, 24, 26),
+        dpo_max_iters=150,
         dpo_batch_size=8,
         dpo_beta=0.1,
+        dpo_sft_weight=1.0,
         dpo_lora_rank=16,
-        dpo_lora_layers=30,
-        dpo_eval_samples=4,
+        dpo_lora_layers=15,
         dpo_mc_items=None,
         progress=True,
         torch_threads=None,
@@ -313,7 +329,7 @@ def profile_name() -> str:
     """COURSE_PROFILE if set, else ``gpu`` with CUDA, else ``cpu``.
 
     An explicit ``gpu`` without CUDA stops here, in seconds, rather than training
-    GPT-2 124M on a CPU for days; ``COURSE_ALLOW_GPU_PROFILE_ON_CPU=1`` allows it.
+    a ~91 M-parameter GPT on a CPU for days; ``COURSE_ALLOW_GPU_PROFILE_ON_CPU=1`` allows it.
     """
     name = os.environ.get("COURSE_PROFILE", "").strip().lower()
     if not name:
@@ -326,7 +342,7 @@ def profile_name() -> str:
     if name == "gpu" and not cuda_available() and os.environ.get(ALLOW_GPU_PROFILE_ON_CPU, "") != "1":
         raise ProfileError(
             "COURSE_PROFILE=gpu needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False): "
-            "it would train GPT-2 124M on the CPU for days. Use COURSE_PROFILE=cpu (a laptop: minutes) or "
+            "it would train a ~91 M-parameter GPT on the CPU for days. Use COURSE_PROFILE=cpu (a laptop: minutes) or "
             f"COURSE_PROFILE=ci (seconds); to run the gpu profile here anyway, set {ALLOW_GPU_PROFILE_ON_CPU}=1."
         )
     return name

@@ -135,12 +135,33 @@ def ask(request: Request, earlier: list[dict] | None = None, system: str = SYSTE
     return with_system([*(earlier or []), {"role": "user", "content": request.prompt}], system)
 
 
+def prompts_of(tokenizer, requests: list[Request], exchanges: list[list[dict]] | None = None,
+               system: str = SYSTEM_PROMPT) -> list[list[int]]:
+    """The token ids that ask each request (alone, or after ``exchanges`` in turn), up to the reply."""
+    from utils.chat import format_prompt
+
+    earlier = later(requests, exchanges) if exchanges else [[] for _ in requests]
+    return [format_prompt(tokenizer, ask(r, e, system)) for r, e in zip(requests, earlier)]
+
+
 def first_exchanges(model, tokenizer, openers: list[Request], max_new_tokens: int,
-                    system: str = SYSTEM_PROMPT) -> list[list[dict]]:
+                    system: str = SYSTEM_PROMPT, probe=None) -> list[list[dict]]:
     """Each opener with the model's own greedy reply to it: the first exchange before a later-turn request."""
-    replies = generate_replies(model, tokenizer, [ask(o, system=system) for o in openers], max_new_tokens)
+    replies = generate_replies(model, tokenizer, [ask(o, system=system) for o in openers], max_new_tokens,
+                               probe=probe)
     return [[{"role": "user", "content": o.prompt}, {"role": "assistant", "content": r.text or "..."}]
             for o, r in zip(openers, replies)]
+
+
+def own_replies(model, tokenizer, requests: list[Request], prefix: str, max_new_tokens: int,
+                system: str = SYSTEM_PROMPT) -> dict[str, str]:
+    """By id, what the model writes itself (greedy): its answer to a benign or everyday request, and to a
+    harmful one what follows a forced ``prefix`` (without the prefix): the rejected side of its pair."""
+    starts = [prefix if r.kind == "harmful" else "" for r in requests]
+    replies = generate_replies(model, tokenizer, [ask(r, system=system) for r in requests], max_new_tokens,
+                               starts=starts)
+    return {r.id: (reply.text[len(prefix):].strip() if start else reply.text)
+            for r, reply, start in zip(requests, replies, starts)}
 
 
 def later(requests: list[Request], exchanges: list[list[dict]]) -> list[list[dict]]:

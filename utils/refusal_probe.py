@@ -94,7 +94,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 20
         return loss
 
     optimizer.step(closure)
-    return weight.detach().numpy(), float(bias)
+    return weight.detach().numpy(), float(bias.detach())
 
 
 @dataclass
@@ -138,3 +138,36 @@ def train_probe(states: np.ndarray, labels: np.ndarray, layer: int, l2: float = 
     scale = float(np.sqrt(np.mean(states.astype(np.float64) ** 2)))
     weight, bias = fit_logistic(states / scale, labels.astype(np.float64), l2)
     return RefusalProbe(layer, weight.tolist(), bias, scale)
+
+
+def flag_rates(probabilities: np.ndarray, kinds: np.ndarray, threshold: float) -> dict[str, float]:
+    """Per kind of request, the share the probe declines at ``threshold``."""
+    return {str(kind): float(np.mean(probabilities[kinds == kind] >= threshold)) for kind in np.unique(kinds)}
+
+
+def choose(train_states: np.ndarray, train_labels: np.ndarray, dev_states: list[np.ndarray], dev_kinds: np.ndarray,
+           layers: list[int], max_benign: float = 0.05, l2: float = 1e-2) -> tuple[RefusalProbe, list[dict]]:
+    """The probe to use, chosen on dev: ``(probe, one row per layer)``.
+
+    For every layer in ``layers`` (the second axis of the states), a probe is fitted on the
+    training states; its threshold is the lowest at which at most ``max_benign`` of the dev
+    split's benign requests are declined, alone and as a later turn (``dev_states``: one array
+    per way of asking, each in the order of ``dev_kinds``). The layer that then declines the
+    largest share of dev's harmful requests (the smaller of alone and later) wins.
+    """
+    rows, best = [], None
+    for i, layer in enumerate(layers):
+        probe = train_probe(train_states[:, i], train_labels, layer, l2)
+        dev = [probe.probabilities(states[:, i]) for states in dev_states]
+        threshold = next(t for t in np.arange(0.05, 1.0, 0.01)
+                         if max(flag_rates(p, dev_kinds, t)["benign"] for p in dev) <= max_benign)
+        probe.threshold = float(round(threshold, 2))
+        rates = [flag_rates(p, dev_kinds, probe.threshold) for p in dev]
+        row = {"layer": layer, "threshold": probe.threshold,
+               **{f"{kind} declined ({turn})": r[kind] for r, turn in zip(rates, ("alone", "later turn"))
+                  for kind in r}}
+        rows.append(row)
+        harmful = min(r["harmful"] for r in rates)
+        if best is None or harmful > best[0]:
+            best = (harmful, probe)
+    return best[1], rows

@@ -67,8 +67,10 @@ def _as_reply(tokenizer, new_tokens: list[int], stops: set[int], end_id: int, st
     return Reply(tokenizer.decode(written, skip_special_tokens=True).strip(), written, ended, bool(start))
 
 
-def _starts(model, tokenizer, prompts: list[list[int]], probe) -> list[list[int]]:
-    """Per prompt, the tokens its reply must begin with: the probe's prefix where the probe declines, else none."""
+def _starts(model, tokenizer, prompts: list[list[int]], probe, starts: list[str] | None) -> list[list[int]]:
+    """Per prompt, the tokens its reply must begin with: ``starts`` if given, the probe's prefix where it declines."""
+    if starts is not None:
+        return [tokenizer.encode(start, add_special_tokens=False) if start else [] for start in starts]
     if probe is None:
         return [[] for _ in prompts]
     prefix = tokenizer.encode(probe.prefix, add_special_tokens=False)
@@ -79,7 +81,7 @@ def _starts(model, tokenizer, prompts: list[list[int]], probe) -> list[list[int]
 def generate_replies(model, tokenizer, conversations: Sequence, max_new_tokens: int = 64, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                      generator: torch.Generator | None = None, batch_size: int = 16,
-                     crop_long_message: bool = True, probe=None) -> list[Reply]:
+                     crop_long_message: bool = True, probe=None, starts: list[str] | None = None) -> list[Reply]:
     """The model's next assistant turn after each conversation (each ends with the user's turn), in order.
 
     Conversations are sorted by prompt length and go through ``GPT.generate`` ``batch_size``
@@ -88,12 +90,12 @@ def generate_replies(model, tokenizer, conversations: Sequence, max_new_tokens: 
     sampled with a ``torch.Generator`` on the model's device, a batch's rows draw in turn from
     it. ``crop_long_message``: a last message too long for the context keeps its end (else
     ``ChatFormatError``, as in a chat box). ``probe``: a ``RefusalProbe``; the replies it declines
-    begin with its prefix.
+    begin with its prefix. ``starts``: a text each reply must begin with ("" for none), given instead.
     """
     block_size = model.config.block_size
     prompts = [crop_prompt(tokenizer, _messages(c), block_size, max_new_tokens, crop_long_message)
                for c in conversations]
-    starts = _starts(model, tokenizer, prompts, probe)
+    starts = _starts(model, tokenizer, prompts, probe, starts)
     prompts = [prompt + start for prompt, start in zip(prompts, starts)]
     stops, end_id = stop_ids(tokenizer), end_of_turn_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id  # never seen: masked
@@ -124,7 +126,7 @@ def reply_to(model, tokenizer, messages, max_new_tokens: int = 64, temperature: 
     bytes span two tokens is sent when its last byte arrives. ``probe``: as in ``generate_replies``.
     """
     ids = crop_prompt(tokenizer, _messages(messages), model.config.block_size, max_new_tokens)
-    start = _starts(model, tokenizer, [ids], probe)[0]
+    start = _starts(model, tokenizer, [ids], probe, None)[0]
     stops, end_id = stop_ids(tokenizer), end_of_turn_id(tokenizer)
     written: list[int] = list(start)
     sent = ""  # the text already streamed
