@@ -1,7 +1,7 @@
 """The full-size study behind the ``cpu`` profile's vocabulary, shape and block (notebook 04 shows a small copy).
 
     python benchmarks/pretraining_budget.py [--profile cpu] [--vocab 1024 2048 4096]
-        [--shapes 3x96 4x128] [--layouts gpt2 llama] [--budget-iters N]
+        [--shapes 3x96 4x128] [--layouts gpt2 llama] [--budget-iters N] [--lr 3e-3 6e-3 ...]
         [--eval-chars 200000] [--threads 2]
 
 Defaults: the profile's vocabulary, its ``study_shapes``, both blocks, and the whole
@@ -20,6 +20,12 @@ bigram of 05 (add-0.01) is scored on the same tokens, and ``ratio`` is the GPT's
 perplexity over the bigram's (the course asks for at most 0.7 in the cpu profile).
 Every shape trains in each of ``--layouts`` (default both blocks; Llama: RMSNorm, RoPE,
 SwiGLU with a hidden width of 8C/3, rounded to 32, so both have about the same size).
+
+Learning rates: by default each of the profile's ``study_shapes`` trains at its
+``study_learning_rates`` entry and any other shape at the profile's rate. ``--lr`` trains
+every shape at each rate given instead: the sweep that chose ``study_learning_rates``
+(``--budget-iters`` = the profile's ``study_iters`` for the budget notebook 04 uses), e.g.
+``--budget-iters 100 --layouts llama --shapes 1x32 2x48 --lr 3e-3 6e-3 1.2e-2``.
 
 Seconds are wall time on this machine: on a shared machine they vary with the load
 (printed at the start and the end); losses do not depend on it (same seed, same steps).
@@ -97,6 +103,8 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["gpt2", "llama"], choices=("gpt2", "llama"))
     parser.add_argument("--budget-iters", type=int, default=None,
                         help="compute = the profile model's FLOPs over this many steps (default: its max_iters)")
+    parser.add_argument("--lr", type=float, nargs="+", default=None,
+                        help="peak learning rates to sweep (every shape at each); default: the profile's per shape")
     parser.add_argument("--eval-chars", type=int, default=200_000)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -123,19 +131,23 @@ def main() -> None:
         data = tokenized(files, profile.name, vocab_size, text)
         print(f"\nvocabulary {data['vocab_size']:,}: {len(data['train']):,} training tokens, bigram perplexity "
               f"{data['bigram']:.1f} on {len(data['eval']):,} evaluation tokens")
-        print(f"{'layout':>6} {'shape':>6} {'params':>10} {'tokens':>10} {'tok/param':>9} {'loss':>6} "
+        print(f"{'layout':>6} {'shape':>6} {'lr':>7} {'params':>10} {'tokens':>10} {'tok/param':>9} {'loss':>6} "
               f"{'bits/byte':>9} {'ratio':>6} {'seconds':>8}")
+        own_rates = {f"{n}x{c}": lr for (n, _, c), lr in zip(profile.study_shapes, profile.study_learning_rates)}
         for layout in args.layouts:
             candidates = {spec: shape(spec, profile, data["vocab_size"], layout) for spec in shapes}
 
             def show(row, data=data, layout=layout):
                 row.update(bigram_perplexity=data["bigram"], ratio=math.exp(row["val_loss"]) / data["bigram"])
-                print(f"{layout:>6} {row['name']:>6} {row['parameters']:>10,} {row['tokens']:>10,} "
-                      f"{row['tokens_per_parameter']:>9.1f} {row['val_loss']:>6.3f} {row['bits_per_byte']:>9.3f} "
-                      f"{row['ratio']:>6.3f} {row['seconds']:>8.0f}", flush=True)
+                print(f"{layout:>6} {row['name']:>6} {row['learning_rate']:>7.1e} {row['parameters']:>10,} "
+                      f"{row['tokens']:>10,} {row['tokens_per_parameter']:>9.1f} {row['val_loss']:>6.3f} "
+                      f"{row['bits_per_byte']:>9.3f} {row['ratio']:>6.3f} {row['seconds']:>8.0f}", flush=True)
 
-            rows += iso_flop_study(candidates, data["train"], data["eval"], flops, template,
-                                   eval_bytes=eval_bytes, seed=cfg.seed, on_row=show)
+            sweep = [{spec: lr for spec in shapes} for lr in args.lr] if args.lr else \
+                [{spec: own_rates.get(spec, profile.learning_rate) for spec in shapes}]
+            for rates in sweep:
+                rows += iso_flop_study(candidates, data["train"], data["eval"], flops, template, eval_bytes=eval_bytes,
+                                       seed=cfg.seed, on_row=show, learning_rates=rates)
     best = min(rows, key=lambda row: row["bits_per_byte"])
     print(f"\nbest in bits per byte: {best['layout']} {best['name']} at vocabulary {best['vocab_size']:,} "
           f"({best['bits_per_byte']:.3f}, perplexity ratio to the bigram {best['ratio']:.3f}); "

@@ -70,3 +70,34 @@ def test_loss_valley_finds_the_bottom_of_a_parabola_in_log_size():
     falling = [{"parameters": n, "val_loss": 5.0 - 0.1 * math.log(n)} for n in sizes]
     assert budget_study.loss_valley(falling) is None  # no valley: the bigger the better at this budget
     assert budget_study.loss_valley(rows[:2]) is None
+
+
+def test_workers_and_learning_rates_give_the_rows_of_a_run_alone(one_thread):
+    rng = np.random.default_rng(1)
+    ids = np.tile(rng.integers(0, 40, size=30), 60)
+    template = training.TrainConfig(batch_size=2, block_size=16, learning_rate=1e-2, min_lr=1e-3, device="cpu",
+                                    dtype="float32")
+    candidates = {"a": tiny(1, 16), "b": tiny(1, 32)}
+    flops = flops_per_token(candidates["b"]) * 32 * 6
+    rates = {"a": 3e-2}
+    alone = budget_study.iso_flop_study(candidates, ids[:1500], ids[1500:1700], flops, template, learning_rates=rates)
+    seen = []
+    side_by_side = budget_study.iso_flop_study(candidates, ids[:1500], ids[1500:1700], flops, template,
+                                               learning_rates=rates, workers=2, on_row=seen.append)
+    assert [row["name"] for row in side_by_side] == ["a", "b"] and seen == side_by_side
+    assert [row["learning_rate"] for row in side_by_side] == [3e-2, 1e-2]
+    for one, other in zip(alone, side_by_side):
+        assert one["val_loss"] == pytest.approx(other["val_loss"], abs=1e-4)
+    assert budget_study.default_workers("cuda", 5) == 1 and budget_study.default_workers("cpu", 1) == 1
+
+
+def test_finding_says_whether_the_valley_lies_inside_the_sizes_tried():
+    def row(name, n, loss):
+        return {"name": name, "parameters": n, "val_loss": loss, "tokens_per_parameter": 1e6 / n}
+
+    inside = [row("a", 1e4, 4.5), row("b", 3e4, 4.0), row("c", 1e5, 4.2)]
+    text = budget_study.finding(inside, 1e12, valley=(3.5e4, 4.0))
+    assert "lowest validation loss is b's (4.000" in text and "33.3 tokens per parameter" in text
+    assert "a +0.500, c +0.200" in text and "inside the sizes tried" in text and "about 35,000 parameters" in text
+    edge = budget_study.finding([row("a", 1e4, 3.9), *inside[1:]], 1e12)
+    assert "the smallest size tried" in edge and "try smaller shapes" in edge

@@ -1,4 +1,4 @@
-"""How big a GPT for a compute budget? Measure it: the study notebook 04 runs before pretraining.
+"""How big a GPT for a compute budget? Measure it: the study notebook 04 runs after pretraining.
 
 Training costs about ``C = F x D`` FLOPs: ``F = utils.model_sizes.flops_per_token(config)``
 (6 per parameter and token, forward and backward, plus attention) times ``D`` tokens.
@@ -15,14 +15,22 @@ tokens with the same recipe (batch, learning rate, warm-up, cosine) and scores a
 them on the same held-out ids. The same function compares layouts (GPT-2's block
 against RMSNorm + RoPE + SwiGLU) at an equal budget. Losses of models with different
 tokenizers are compared in bits per byte (pass ``eval_bytes``), never in nats per token.
+
+Each candidate gets its own peak learning rate (``learning_rates``): one rate for every size
+would mostly measure which size that rate suits. Candidates are independent, so on a CPU
+they train side by side in ``workers`` processes of one thread each: small models use a
+second thread poorly, and two of them on two cores finish in about half the time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -84,6 +92,7 @@ def train_candidate(
         "vocab_size": config.vocab_size,
         "parameters": parameters,
         "steps": steps,
+        "learning_rate": run.learning_rate,
         "tokens": tokens,
         "tokens_per_parameter": tokens / parameters,
         "flops": float(flops_per_token(config, run.block_size)) * tokens,
@@ -96,6 +105,22 @@ def train_candidate(
     return row
 
 
+def _one_thread(_=None) -> None:
+    torch.set_num_threads(1)
+
+
+def _train_in_worker(args: tuple) -> dict:
+    torch.set_num_threads(1)  # one process per core: its own thread only
+    return train_candidate(*args)
+
+
+def default_workers(device: str, n_candidates: int) -> int:
+    """Processes for ``iso_flop_study``: one per CPU core (at most one per candidate); 1 on a GPU."""
+    if device != "cpu":
+        return 1
+    return max(1, min(n_candidates, os.cpu_count() or 1))
+
+
 def iso_flop_study(
     candidates: dict[str, GPTConfig],
     train_ids,
@@ -106,6 +131,8 @@ def iso_flop_study(
     eval_bytes: int | None = None,
     seed: int = 1337,
     on_row: Callable[[dict], None] | None = None,
+    learning_rates: dict[str, float] | None = None,
+    workers: int = 1,
 ) -> list[dict]:
     """Train every candidate on the same compute ``flops``; one row per candidate, in order.
 
@@ -114,22 +141,44 @@ def iso_flop_study(
     to whole steps of the template's batch). ``on_row(row)`` sees each row as it comes
     (to print progress). Rows: name, layout, n_layer, n_embd, vocab_size, parameters,
     steps, tokens, tokens_per_parameter, flops, val_loss (nats per token on ``eval_ids``),
-    seconds, tokens_per_second, and bits_per_byte when ``eval_bytes`` (the UTF-8 bytes of
-    the text ``eval_ids`` encode) is given.
+    seconds, tokens_per_second, learning_rate, and bits_per_byte when ``eval_bytes`` (the UTF-8
+    bytes of the text ``eval_ids`` encode) is given.
+
+    ``learning_rates``: ``{name: peak}`` for candidates that should not use the template's
+    (``min_lr`` keeps the template's ratio to the peak). ``workers`` > 1 trains candidates in
+    that many processes of one thread each (``default_workers``); rows and ``on_row`` calls
+    still come in the candidates' order, and each row is what a run alone would give.
     """
     if not candidates:
         raise ValueError("iso_flop_study: no candidates; give {name: GPTConfig, ...}.")
-    rows = []
+    jobs = []
     for name, config in candidates.items():
         if config.block_size < template.block_size:
             raise ValueError(f"iso_flop_study: candidate {name!r} has block_size {config.block_size}, "
                              f"shorter than the training windows ({template.block_size}).")
         tokens = tokens_for_budget(config, flops, template.block_size)
         steps = steps_for_tokens(tokens, template)
-        row = train_candidate(name, config, train_ids, eval_ids, steps, template, warmup_fraction, eval_bytes, seed)
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+        recipe = template
+        if learning_rates and name in learning_rates:  # its own peak; the floor stays a tenth of it
+            lr = learning_rates[name]
+            recipe = dataclasses.replace(template, learning_rate=lr, min_lr=lr * template.min_lr / template.learning_rate)
+        jobs.append((name, config, train_ids, eval_ids, steps, recipe, warmup_fraction, eval_bytes, seed))
+    rows = []
+    if workers <= 1 or len(jobs) == 1:
+        for job in jobs:
+            rows.append(train_candidate(*job))
+            if on_row is not None:
+                on_row(rows[-1])
+        return rows
+    # The most steps first, so that the workers finish together; rows come back in the candidates' order.
+    order = sorted(range(len(jobs)), key=lambda j: -jobs[j][4])
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread) as pool:
+        futures = {j: pool.submit(_train_in_worker, jobs[j]) for j in order}
+        for j in range(len(jobs)):
+            rows.append(futures[j].result())
+            if on_row is not None:
+                on_row(rows[-1])
     return rows
 
 
@@ -166,3 +215,24 @@ def loss_valley(rows: list[dict], key: str = "val_loss") -> tuple[float, float] 
         return None
     bottom = -b / (2 * a)
     return float(math.exp(bottom)), float(c - b * b / (4 * a))
+
+
+def finding(rows: list[dict], flops: float, valley: tuple[float, float] | None = None) -> str:
+    """One sentence: where the lowest loss lies among ``rows`` (sizes at the same ``flops``), and whether the
+    valley's bottom lies inside the sizes tried (the loss rises on both sides) or beyond them."""
+    rows = sorted(rows, key=lambda row: row["parameters"])
+    best = best_row(rows)
+    at = rows.index(best)
+    head = (f"At {flops:.2g} FLOPs each, the lowest validation loss is {best['name']}'s ({best['val_loss']:.3f}: "
+            f"{best['parameters']:,} parameters, {best['tokens_per_parameter']:.1f} tokens per parameter)")
+    if at == 0 or at == len(rows) - 1:
+        side = "smallest" if at == 0 else "largest"
+        return (f"{head}, the {side} size tried: the bottom of the valley lies beyond the sizes tried; "
+                f"try {'smaller' if at == 0 else 'larger'} shapes.")
+    left, right = rows[at - 1], rows[at + 1]
+    tail = ""
+    if valley is not None and rows[0]["parameters"] <= valley[0] <= rows[-1]["parameters"]:
+        tail = f"; the parabola through the points bottoms out at about {valley[0]:,.0f} parameters"
+    return (f"{head}; the loss rises on both sides ({left['name']} +{left['val_loss'] - best['val_loss']:.3f}, "
+            f"{right['name']} +{right['val_loss'] - best['val_loss']:.3f}), so the valley's bottom lies inside "
+            f"the sizes tried{tail}.")

@@ -164,11 +164,12 @@ PROFILES = {
         eval_iters=20,
         layout="llama",  # measured: 0.2-0.5 nats below GPT-2's block at equal steps and FLOPs
         study_iters=100,  # 1/20 of the run (04 prints where the valley's bottom lies)
-        study_shapes=((1, 1, 16), (1, 1, 32), (2, 2, 48), (4, 4, 128)),
-        # The best of a short sweep per shape at this budget (validation loss, one thread): 1x16 4.336 at 1.2e-2,
-        # 4.342 at 2.4e-2; 1x32 4.169 at 3e-3, 4.089 at 6e-3, 4.024 at 1.2e-2, 4.003 at 2.4e-2; 2x48 4.226 at 1.5e-3,
-        # 4.030 at 3e-3, 3.984 at 5e-3, 4.374 at 8e-3; 2x64 4.501 at 3e-3, 4.566 at 6e-3; 4x128: the run's 3e-3.
-        # One rate for all (3e-3, shapes 2x64 to 4x192) put the lowest loss at the smallest shape tried.
+        study_shapes=((1, 1, 24), (1, 1, 32), (2, 2, 48), (4, 4, 128)),
+        # The best of a short sweep per shape at this budget (validation loss, one thread): 1x24 4.134 at 1.2e-2,
+        # 4.176 at 2.4e-2; 1x32 4.169 at 3e-3, 4.089 at 6e-3, 4.024 at 1.2e-2, 4.003 at 2.4e-2; 2x48 4.226 at
+        # 1.5e-3, 4.030 at 3e-3, 3.984 at 5e-3, 4.374 at 8e-3; 4x128: the run's 3e-3 (5.229). Also measured: 1x16
+        # 4.336 at 1.2e-2 (twice 1x24's time: left out), 2x64 4.501 at 3e-3, 4.566 at 6e-3. One rate for all (3e-3,
+        # shapes 2x64 to 4x192) put the lowest loss at the smallest shape tried.
         study_learning_rates=(1.2e-2, 2.4e-2, 5e-3, 3e-3),
         study_eval_tokens=65536,
         sft_max_iters=600,
