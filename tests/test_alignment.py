@@ -354,3 +354,27 @@ def test_replies_kl_is_reply_kl_of_each_reply_in_padded_batches():
     assert min(one_by_one) > 0
     np.testing.assert_allclose(replies_kl(model, None, replies, pad_id=0, batch_size=2), one_by_one, rtol=1e-5,
                                atol=1e-7)
+
+
+def test_ensure_aligned_makes_the_model_once_with_a_message_then_loads_it_with_its_probe(tmp_path, monkeypatch,
+                                                                                         capsys):
+    from utils import alignment, config
+    from utils.refusal_probe import RefusalProbe
+    from utils.tokenization import gpt2_reference_tokenizer
+
+    paths = config.Paths(tmp_path, "ci").make()
+    cfg = config.CourseConfig(profile=config.PROFILES["ci"], device="cpu", online=False, seed=0, paths=paths)
+    tokenizer = gpt2_reference_tokenizer()
+    made = []
+
+    def fake_make_aligned(cfg, log=print):  # the real one loads SmolLM2 (07 and the benchmark run it)
+        made.append(True)
+        probe = RefusalProbe(layer=1, weight=[0.5] * 32, bias=-1.0, scale=2.0, threshold=0.6)
+        alignment.save_dpo(llama_model(len(tokenizer)), tokenizer, alignment.dpo_dir(cfg), probe, {"identity": {}})
+
+    monkeypatch.setattr(alignment, "make_aligned", fake_make_aligned)
+    model, _, probe = alignment.ensure_aligned(cfg)
+    assert "No aligned model in checkpoints/ci/smollm2-dpo yet" in capsys.readouterr().out and made == [True]
+    assert isinstance(model, GPT) and probe.threshold == 0.6 and probe.layer == 1
+    alignment.ensure_aligned(cfg)
+    assert made == [True]  # there now: loaded, not made again

@@ -10,12 +10,13 @@ Notebook 07 builds each piece by hand and then uses these:
 - ``adapters_disabled(model)``: the reference model is the policy with its LoRA adapters
   switched off (peft's ``enable_adapters(False)`` on every adapted layer), so there is no
   second copy of the weights in memory.
-- ``PreferenceBatches`` and ``DPOLoss``: a ``batch_fn`` and a ``loss_fn`` for
-  ``utils.training.train``, the course's one training loop.
-- ``pair_rewards``, ``preference_accuracy``, ``reply_kl``: what the notebook measures before
-  and after: implicit rewards on held-out pairs and the KL to the reference on sampled replies.
-- ``save_dpo`` / ``load_dpo``: the merged model with its tokenizer in
-  ``checkpoints/<profile>/smollm2-dpo``.
+- ``DPOLoss`` and ``train_dpo``: DPO (optionally with the RPO term) through ``utils.training.train``,
+  the course's one loop, on the top blocks only (``utils.top_blocks``).
+- ``pair_rewards``, ``preference_accuracy``, ``replies_kl``: implicit rewards on pairs, and the KL to
+  the reference along replies the model wrote.
+- ``save_dpo`` / ``load_dpo``: the merged model with its tokenizer and refusal probe in
+  ``checkpoints/<profile>/smollm2-dpo``; ``ensure_aligned`` makes it (``make_aligned``: 07's recipe
+  without the lessons) when 07 has not.
 """
 
 from __future__ import annotations
@@ -379,3 +380,77 @@ def load_dpo(folder: str | os.PathLike, device: str = "cpu"):
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     model = ckpt.load_checkpoint(folder, tokenizer=tokenizer, device=device)
     return model, tokenizer, json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- the recipe end to end
+
+
+def make_aligned(cfg, log=print) -> tuple:
+    """07's recipe without the lessons: ``(model, tokenizer, probe)``, saved in ``checkpoints/<profile>/smollm2-dpo``.
+
+    From the model of 06 (``utils.identity.ensure_yours``): a refusal probe fitted on the training
+    requests (alone and as a later turn) and chosen on dev; DPO pairs by the rules of
+    ``utils.preferences`` (the words after the probe's prefix; no refusal of benign requests);
+    DPO with the RPO term through ``train_dpo``; merged and saved with the probe. Later
+    notebooks call ``ensure_aligned``, which runs this when 07 has not.
+    """
+    import dataclasses
+
+    from utils import preferences as prefs
+    from utils import refusal_probe as rp
+    from utils.finetune import merge_lora
+    from utils.identity import REPORT_FILE as YOURS_REPORT
+    from utils.identity import ensure_yours, yours_dir
+
+    p = cfg.profile
+    model, tokenizer = ensure_yours(cfg)
+    model.eval()
+    splits = {split: prefs.load_requests(split) for split in ("train", "dev")}
+    train = prefs.take(splits["train"], p.align_per_area, p.align_everyday)
+    exchanges = {split: prefs.first_exchanges(model, tokenizer, [r for r in requests if r.kind == "everyday"][:6],
+                                              p.align_max_new_tokens)
+                 for split, requests in (("train", train), ("dev", splits["dev"]))}
+    layers = list(p.probe_layers)
+    train_states = np.concatenate([rp.last_token_states(model, prefs.prompts_of(tokenizer, train, e), layers)
+                                   for e in (None, exchanges["train"])])
+    dev_states = [rp.last_token_states(model, prefs.prompts_of(tokenizer, splits["dev"], e), layers)
+                  for e in (None, exchanges["dev"])]
+    probe, _ = rp.choose(train_states, np.array([r.kind == "harmful" for r in train] * 2), dev_states,
+                         np.array([r.kind for r in splits["dev"]]), layers)
+    log(f"Refusal probe chosen on dev: block {probe.layer}, threshold {probe.threshold:.2f}")
+    requests = [r for r in train if r.kind != "everyday"]
+    own = prefs.own_replies(model, tokenizer, requests, probe.prefix, p.align_max_new_tokens)
+    pairs = [x for x in prefs.preference_pairs(requests, own, {r.id: own[r.id] for r in requests if r.kind == "harmful"},
+                                               exchanges["train"], probe.prefix) if x["turn"] == "single"]
+    encoded, n = prefs.encode_pairs(tokenizer, pairs), len(pairs)
+    held = set(range(0, n, 10))
+    rows = lambda keep: [encoded[i] for i in keep] + [encoded[n + i] for i in keep]  # chosen rows, then rejected
+    dpo_cfg = dataclasses.replace(dpo_config(p, cfg.seed, cfg.device), sft_weight=p.dpo_sft_weight, progress=False)
+    add_lora(model, dpo_cfg)
+    log(f"DPO on {n} pairs, {dpo_cfg.max_iters} steps ...")
+    metrics, loss = train_dpo(model, _chat_batches(rows([i for i in range(n) if i not in held]), rows(sorted(held)),
+                                                   dpo_cfg.batch_size, tokenizer.pad_token_id), dpo_cfg)
+    merge_lora(model)
+    who = json.loads((yours_dir(cfg) / YOURS_REPORT).read_text(encoding="utf-8"))["identity"]
+    save_dpo(model.eval(), tokenizer, dpo_dir(cfg), probe,
+             {"identity": who, "config": dataclasses.asdict(dpo_cfg), "history": loss.history})
+    return model, tokenizer, probe
+
+
+def _chat_batches(train_examples, val_examples, batch_size: int, pad_id: int):
+    from utils.identity_data import ChatBatches
+
+    return ChatBatches(train_examples, val_examples, batch_size, pad_id)
+
+
+def ensure_aligned(cfg, device: str | None = None) -> tuple:
+    """``(model, tokenizer, probe)`` of the profile's aligned SmolLM2; made first (with a message) when missing."""
+    from utils.refusal_probe import RefusalProbe
+
+    folder = dpo_dir(cfg)
+    if not (folder / REPORT_FILE).exists():
+        print(f"No aligned model in {folder.relative_to(folder.parents[2])} yet: aligning the model of 06 now "
+              "(what notebook 07 does) ...")
+        make_aligned(cfg)
+    model, tokenizer, _ = load_dpo(folder, device or cfg.device)
+    return model, tokenizer, RefusalProbe.load(folder)
