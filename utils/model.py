@@ -17,8 +17,7 @@ One class, two layouts, chosen by plain ``GPTConfig`` fields:
   with ``LlamaForCausalLM``. ``GPTConfig.llama(...)`` sets these fields at once.
 
 The size calculator (presets of GPT-1/2/3, parameter counts without building a
-model, FLOPs and memory) lives in ``utils/model_sizes.py``; its names are also
-importable from here (``from utils.model import GPT_PRESETS``).
+model, FLOPs and memory) lives in ``utils/model_sizes.py``.
 """
 
 from __future__ import annotations
@@ -822,12 +821,3 @@ def sample_next_token(
     logits = filter_logits(logits / temperature, top_k, top_p)  # (B, V)
     probs = F.softmax(logits.float(), dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-
-
-def __getattr__(name: str):
-    """``from utils.model import GPT_PRESETS`` etc.: the size calculator lives in model_sizes.py."""
-    from utils import model_sizes
-
-    if name in model_sizes.__all__:
-        return getattr(model_sizes, name)
-    raise AttributeError(f"module 'utils.model' has no attribute {name!r}")
