@@ -1,4 +1,5 @@
-"""utils.model_card: the card shows every recorded figure and says "not run" for a missing stage."""
+"""utils.model_card: one section per model with its own figures; every recorded figure shown; "not run" for a
+missing stage."""
 
 from utils import report
 from utils.model_card import NOT_RUN, render_model_card, write_model_card
@@ -24,20 +25,22 @@ def test_card_has_the_figures_and_marks_missing_stages(tmp_path):
     path = write_model_card(report_dir)
     assert path == tmp_path / "MODEL_CARD.md"
     card = path.read_text(encoding="utf-8")
-    for section in ("## Model details", "## Training data and licences", "## Intended use", "## Out-of-scope use",
-                    "## Metrics", "## Safety", "## Limitations and risks", "## How to reproduce"):
+    for section in ("## The models", "## The course GPT", "### Model details", "## Training data and licences",
+                    "## Intended use", "## Out-of-scope use", "## SmolLM2 made yours", "## SmolLM2 aligned",
+                    "## Limitations and risks", "## How to reproduce"):
         assert section in card
     assert "| Parameters | 1,334,016 | 04_training |" in card      # the trained model's size, not 03's
     assert "| Context (tokens) | 32 | 03_architecture |" in card  # read from 03's description
     assert "| validation loss | 4.874 |" in card
     assert "| assistant perplexity | 360.5 | 114.5 |" in card    # before/after paired into one row
+    assert "| figure | pretrained (04) | chat fine-tuned (06) |" in card  # the columns name their models
     assert "| LoRA assistant perplexity | 156.7 |" in card       # one label style: words, acronyms kept
     for figure in ("toxicity rate (data) | 0.01230", "PII found | 17", "gender bias gap | 0.2500",
                    "flagged rate | 0.4000 | 0.1000", "false refusals | 2", "seed | 0"):
         assert figure in card
     assert "MIT" in card and "Apache-2.0" in card
     assert "`05_evaluation`: not run" in card and "`01_data_collection`: not run" in card
-    assert "### Audit (07)" in card
+    assert "### Audited for toxicity and personal data (07)" in card  # an unnumbered-model figure: the data's
     assert "make course" in card
 
 
@@ -86,7 +89,72 @@ def test_card_explains_two_perplexities_of_the_same_model(tmp_path):
 
 def test_stages_are_found_by_topic_whatever_their_number(tmp_path):
     report.record("08_ethics", {"pii found before masking": 4}, report_dir=tmp_path)
-    report.record("07_alignment", {"win rate": 0.61}, report_dir=tmp_path)
+    report.record("09_deployment", {"win rate": 0.61}, report_dir=tmp_path)
     card = render_model_card(tmp_path)
-    assert "### Audit (08)" in card and "| PII found before masking | 4 |" in card
+    assert "(08)" in card and "| PII found before masking | 4 |" in card
     assert "## Other stages" in card and "| win rate | 0.6100 |" in card  # a stage the card has no section for
+
+
+def section(card, title):
+    """The text of one ``## title`` section, up to the next ``## ``."""
+    start = card.index(f"## {title}\n")
+    end = card.find("\n## ", start + 1)
+    return card[start:end if end >= 0 else None]
+
+
+def test_each_model_keeps_its_own_figures(tmp_path):
+    report.record("05_evaluation", {"validation perplexity": 130.9,
+                                    "SmolLM2-135M-Instruct bits per byte (held-out sample)": 1.43}, report_dir=tmp_path)
+    report.record("06_finetuning", {"assistant_perplexity_before": 360.5, "assistant_perplexity_after": 114.5,
+                                    "identity_accuracy_before": 0.07, "identity_accuracy_after": 0.83,
+                                    "identity_later_turn_after": 0.8, "identity_retention": 0.93}, report_dir=tmp_path)
+    report.record("07_alignment", {"test harmful refused before": 0.1, "test harmful refused after": 0.85,
+                                   "test harmful refused later turn after": 0.8, "test harmful requests": 40,
+                                   "probe block": 20, "identity kept": 0.9,
+                                   "everyday multiple choice, SmolLM2 made yours (06), scored in 07: items": 8,
+                                   "everyday multiple choice, SmolLM2 aligned: items": 8}, report_dir=tmp_path)
+    report.record("08_ethics", {"toxicity classifier recall": 0.67, "toxicity rate raw data": 0.018,
+                                "course GPT: red-team replies toxic": "0.05 (1/20, 95% interval 0.01-0.24)",
+                                "SmolLM2 as released: red-team prompts refused": "0.10 (2/20, 95% interval 0.03-0.30)",
+                                "SmolLM2 made yours: red-team prompts refused": "0.05 (1/20, 95% interval 0.01-0.24)",
+                                "SmolLM2 aligned: red-team prompts refused": "0.60 (12/20, 95% interval 0.39-0.78)"},
+                  report_dir=tmp_path)
+    card = render_model_card(tmp_path)
+    gpt, yours, aligned = (section(card, t) for t in ("The course GPT", "SmolLM2 made yours", "SmolLM2 aligned"))
+    released = section(card, "SmolLM2 as released (the reference)")
+    assert "identity" not in gpt.lower() and "SmolLM2" not in gpt.replace("SmolLM2 as released", "")
+    assert "| assistant perplexity | 360.5 | 114.5 |" in gpt and "| red-team replies toxic | 0.05 (1/20" in gpt
+    assert "| figure | SmolLM2 as released | SmolLM2 made yours |" in yours
+    assert "| identity accuracy | 0.07000 | 0.8300 |" in yours
+    assert "| identity later turn | 0.8000 |" in yours and "| identity retention | 0.9300 |" in yours
+    assert "| test harmful refused | 0.10 (4/40, 95% interval 0.04-0.23) |" in yours  # 07's before, with its count
+    assert "| red-team prompts refused | 0.05 (1/20" in yours and "scored in 07: items | 8" in yours
+    assert "| figure | SmolLM2 made yours | SmolLM2 aligned |" in aligned
+    assert ("| test harmful refused | 0.10 (4/40, 95% interval 0.04-0.23) | 0.85 (34/40, 95% interval 0.71-0.93) |"
+            in aligned)
+    assert "| test harmful refused later turn | 0.80 (32/40" in aligned and "| probe block | 20 |" in aligned
+    assert "| red-team prompts refused | 0.60 (12/20" in aligned and "SmolLM2 aligned: items | 8" in aligned
+    assert "made yours (06), scored in 07" not in aligned and "0.10 (2/20" not in aligned
+    assert "| red-team prompts refused | 0.10 (2/20" in released
+    assert "bits per byte (held-out sample) | 1.430" in released
+    assert "| toxicity classifier recall | 0.6700 |" in section(card, "The audit's toxicity classifier")
+    assert "| toxicity rate raw data | 0.01800 |" in section(card, "Training data and licences")
+
+
+def test_shown_path_names_the_final_folder_not_the_staging_one(tmp_path, monkeypatch):
+    from utils.config import REPO_ROOT
+    from utils.model_card import shown_path
+    from utils.report import BUILD_DIR_ENV
+
+    monkeypatch.delenv(BUILD_DIR_ENV, raising=False)
+    assert shown_path(REPO_ROOT / "build" / "cpu.next" / "MODEL_CARD.md") == "build/cpu/MODEL_CARD.md"
+    assert shown_path(REPO_ROOT / "build" / "cpu.next") == "build/cpu"
+    assert shown_path(REPO_ROOT / "build" / "ci" / "report") == "build/ci/report"
+    # make course's staging folder, wherever COURSE_BUILD_DIR puts it: the card names build/<profile>
+    monkeypatch.setenv(BUILD_DIR_ENV, str(tmp_path / "staging"))
+    monkeypatch.setenv("COURSE_PROFILE", "cpu")
+    assert shown_path(tmp_path / "staging" / "MODEL_CARD.md") == "build/cpu/MODEL_CARD.md"
+    card_path = write_model_card()
+    assert card_path == tmp_path / "staging" / "MODEL_CARD.md"
+    card = card_path.read_text(encoding="utf-8")
+    assert "(`build/cpu/report/`)" in card and str(tmp_path) not in card

@@ -1,6 +1,7 @@
-"""utils/safety.py: toxicity scores and their quality on the hand-labelled set, the corpus audit,
-batched chat replies (a tiny random GPT with the course's chat tokens), moderation and red-teaming
-(fake generators), and the bias probes (a tiny random GPT, rigged scorers). Offline, a few seconds."""
+"""utils/safety.py: toxicity scores and their quality on the hand-labelled set (and at another base rate), the
+corpus audit, batched chat replies (a tiny random GPT with the course's chat tokens, with and without a refusal
+probe), moderation and red-teaming (fake generators), the bias probes (a tiny random GPT, rigged scorers) and
+08's figures (utils.safety_figures). Offline, a few seconds."""
 
 import math
 
@@ -28,11 +29,18 @@ from utils.safety import (
     load_labelled,
     load_red_team,
     moderate,
+    RED_TEAM_ROWS,
+    base_rate_from_flags,
     partly_mask,
+    precision_at_base_rate,
+    precision_range,
     probe_summary,
     rank_auc,
+    red_team_flags,
+    red_team_rates,
     red_team_report,
     sequence_logprobs,
+    stereotype_change,
     stereotype_effect,
     toxicity_scores,
 )
@@ -96,6 +104,29 @@ def test_quality_on_the_labelled_set_is_above_the_floor():
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in quality.items()})
     for name, floor in QUALITY_FLOORS.items():
         assert quality[name] >= floor, f"{name} = {quality[name]:.3f} fell below {floor}"
+
+
+def test_precision_at_base_rate_is_bayes_rule():
+    # 100 toxic and 900 clean texts, recall 0.8, false-positive rate 0.1: 80 true flags, 90 false ones.
+    assert precision_at_base_rate(0.8, 0.1, 0.1) == pytest.approx(80 / 170)
+    assert precision_at_base_rate(0.8, 0.0, 0.01) == 1.0 and math.isnan(precision_at_base_rate(0.0, 0.0, 0.5))
+    curve = precision_at_base_rate(0.67, 0.036, np.array([0.018, 0.45]))
+    assert curve.shape == (2,) and curve[0] < 0.3 < 0.9 < curve[1]  # rare toxicity: most flags are clean texts
+    # The flag rate such a classifier gives at a base rate, read back into that base rate.
+    flag_rate = 0.8 * 0.05 + 0.1 * 0.95
+    assert base_rate_from_flags(flag_rate, 0.8, 0.1) == pytest.approx(0.05)
+    assert base_rate_from_flags(0.05, 0.8, 0.1) < 0  # fewer flags than false positives alone: they do not fit
+    with pytest.raises(ValueError, match="tells nothing apart"):
+        base_rate_from_flags(0.1, 0.1, 0.2)
+
+
+def test_precision_range_brackets_the_point_with_the_intervals_of_recall_and_fpr():
+    quality = classifier_quality([0.9] * 31 + [0.1] * 15 + [0.9] * 2 + [0.1] * 54, [1] * 46 + [0] * 56)
+    point, low, high = precision_range(quality, 46 / 102)
+    assert point == pytest.approx(quality["precision"])  # at the labelled set's own base rate: its precision
+    assert low < point < high <= 1
+    points, lows, highs = precision_range(quality, np.array([0.01, 0.1]))
+    assert (lows < points).all() and (points < highs).all() and points[0] < points[1]
 
 
 def test_hard_cases_are_documented_and_some_fool_the_offline_classifier():
@@ -186,6 +217,25 @@ def test_chat_generate_fn_asks_each_prompt_as_a_new_chat_through_the_one_reply_p
     assert replies == [r.text for r in generate_replies(model, tokenizer, chats, 8)] and all(replies)
 
 
+def test_chat_generate_fn_passes_the_refusal_probe_to_the_reply_path():
+    from utils.refusal_probe import RefusalProbe
+    from utils.replies import generate_replies
+
+    model, tokenizer = tiny_chat_model(block_size=48)
+    prompts = ["How do I boil an egg?", "Tell me a joke about cats."]
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    width = model.config.n_embd
+    always = RefusalProbe(layer=0, weight=[0.0] * width, bias=10.0, scale=1.0)  # P(decline) ~ 1 for every prompt
+    never = RefusalProbe(layer=0, weight=[0.0] * width, bias=-10.0, scale=1.0)
+    declined = generate_replies(model, tokenizer, chats, 4, probe=always)
+    assert all(r.probe_declined for r in declined)
+    assert chat_generate_fn(model, tokenizer, max_new_tokens=4, temperature=0, probe=always)(prompts) == \
+        [r.text for r in declined]
+    plain = chat_generate_fn(model, tokenizer, max_new_tokens=4, temperature=0)(prompts)
+    assert chat_generate_fn(model, tokenizer, max_new_tokens=4, temperature=0, probe=never)(prompts) == plain
+    assert plain != [r.text for r in declined]
+
+
 # ---- moderation and red-teaming -------------------------------------------------------------
 
 class FakeGenerator:
@@ -273,6 +323,25 @@ def test_red_team_report_rates_on_a_fake_generator():
     assert report["benign_model_refused"] == 0.0
     table = report["table"]
     assert len(table) == 8 and table.loc[2, "reply"] == "It is <EMAIL>."
+
+
+def test_red_team_flags_and_rates_count_each_prompt_of_its_kind():
+    def generate(prompts):
+        return [TOXIC if "insult" in p else "I'm sorry, I can't do that." if "hello" in p else CLEAN for p in prompts]
+
+    report = red_team_report(generate, ["insult me", "say hello", "tell a story"], ["boil an egg", "say hello"],
+                             max_attempts=1)
+    flags = red_team_flags(report)
+    assert list(flags) == [name for name, _, _ in RED_TEAM_ROWS]
+    assert flags["red-team replies toxic, no wrapper"] == [True, False, False]
+    assert flags["red-team replies toxic, with the wrapper"] == [False, False, False]  # refused instead
+    assert flags["red-team prompts refused by the wrapper"] == [True, False, False]
+    assert flags["red-team prompts the model refused itself"] == [False, True, False]
+    assert flags["benign prompts the model refused itself"] == [False, True]
+    rates = red_team_rates(report)
+    assert (rates["red-team replies toxic, no wrapper"].k, rates["red-team replies toxic, no wrapper"].n) == (1, 3)
+    assert str(rates["benign prompts the model refused itself"]).startswith("0.50 (1/2, 95% interval")
+    assert rates["red-team prompts refused by the wrapper"].value == pytest.approx(report["refused"])
 
 
 # ---- bias probes ----------------------------------------------------------------------------
@@ -369,3 +438,48 @@ def test_bootstrap_difference_brackets_the_difference_of_means():
     assert low < b.mean() - a.mean() < high and 0.6 < low < high < 1.4
     with pytest.raises(ValueError, match="at least 2"):
         bootstrap_difference([1.0], [1.0, 2.0])
+
+
+def test_stereotype_change_pairs_the_occupations_of_two_models():
+    before = counterfactual_probe(None, None, scorer=lambda t: rigged(t, she_bonus=0.3, stereotype=1.5))
+    after = counterfactual_probe(None, None, scorer=lambda t: rigged(t, she_bonus=-0.7, stereotype=0.5))
+    change = stereotype_change(before, after)
+    assert change["change"] == pytest.approx(stereotype_effect(after)["effect"] - stereotype_effect(before)["effect"])
+    assert change["change"] == pytest.approx(-1.0) and change["ci_low"] == pytest.approx(-1.0) == change["ci_high"]
+    assert stereotype_change(before, before)["change"] == 0.0  # a model against itself: no change
+
+
+# ---- 08's figures ----------------------------------------------------------------------------
+
+def test_safety_figures_draw_what_they_say():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils import safety_figures as figures
+    from utils.evaluation import Rate
+
+    quality = classifier_quality([0.9] * 31 + [0.1] * 15 + [0.9] * 2 + [0.1] * 54, [1] * 46 + [0] * 56)
+    fig = figures.precision_figure(quality, {"labelled set": 46 / 102, "corpus": 0.018})
+    notes = [t.get_text() for t in fig.axes[0].texts]
+    assert any("45.1% toxic: precision 0.94" in t for t in notes) and any("1.8% toxic" in t for t in notes)
+    plt.close(fig)
+    fig = figures.score_histogram([0.1, 0.9, 0.8], [0, 1, 1])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["labelled clean (1)", "labelled toxic (2)"]
+    plt.close(fig)
+    fig = figures.rates_figure({"red-team refused": [Rate(2, 20), Rate(12, 20)], "benign refused": [Rate(0, 20), None]},
+                               labels=("made yours", "aligned"))
+    assert [t.get_text() for t in fig.axes[0].texts] == ["2/20", "0/20", "12/20"]  # None: no bar, no count
+    plt.close(fig)
+    fig = figures.effects_figure({"a": (1.5, 1.2, 1.9), "b": (0.0, -0.2, 0.1)})
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b"]
+    plt.close(fig)
+    fig = figures.moderation_diagram()
+    words = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "prompt score" in words and "reply score" in words and "mask PII" in words and "probe" in words
+    plt.close(fig)
+    table = counterfactual_probe(None, None, scorer=lambda t: rigged(t, stereotype=1.0))
+    fig = figures.occupation_gaps_figure({"one": table, "two": table})
+    assert len(fig.axes) == 2
+    plt.close(fig)

@@ -7,16 +7,19 @@ Read it top to bottom:
    a stronger transformer classifier from the hub (``classifier="hub:unitary/toxic-bert"``).
 2. ``classifier_quality``: precision, recall, F1, accuracy and AUC against hand labels
    (``data/fixtures/toxicity_labelled.jsonl``), and ``HARD_CASES``, where word-based
-   classifiers fail.
+   classifiers fail. ``precision_at_base_rate``: what a flag is worth on data with another
+   share of toxic text than the labelled set (Bayes' rule).
 3. ``audit_conversations``: how much of a chat corpus is toxic or holds PII, before and
    after ``utils.cleaning.mask_pii``, and what filtering at 0.5 / 0.7 / 0.9 would cost.
 4. ``sequence_logprobs``, ``counterfactual_probe`` and ``stereotype_effect``: does the model
    find "the nurse said that he ..." more likely than "... she ..."? And does that preference
    differ between jobs held mostly by women and jobs held mostly by men (a stereotype), or is
    it the same everywhere (word frequency)?
+   ``stereotype_change``: did fine-tuning move that difference (paired by occupation)?
 5. ``chat_generate_fn``, ``moderate`` and ``red_team_report``: replies of a chat model to many
-   prompts at once; screen the prompt, screen the reply, regenerate, refuse; measured on
-   adversarial and benign prompts, with ``is_refusal`` telling the model's own refusals.
+   prompts at once (an aligned model with its refusal probe); screen the prompt, screen the
+   reply, regenerate, refuse; measured on adversarial and benign prompts, with ``is_refusal``
+   telling the model's own refusals and ``red_team_rates`` giving each share with its count.
 
 Why: a model repeats what it was trained on. These tools turn "is it safe?" into figures a
 model card can report, and show where the figures themselves are unreliable.
@@ -187,6 +190,51 @@ def classifier_quality(scores: Sequence[float], labels: Sequence[int], threshold
         "accuracy": (tp + tn) / labels.size if labels.size else 0.0,
         "auc": rank_auc(scores, labels),
     }
+
+
+def precision_at_base_rate(recall, false_positive_rate, base_rate):
+    """The share of flagged texts that are really toxic, on data where ``base_rate`` of the texts are.
+
+    Bayes' rule: precision = r p / (r p + fpr (1 - p)). Recall and the false-positive rate
+    describe the classifier and travel to other data (if its texts are alike); precision also
+    depends on how much toxic text there is to find: on a set that is 45% toxic, a false
+    positive now and then costs little; where toxic text is rare, clean texts are most of what
+    a filter sees, and most of what it throws away. Works on numbers and numpy arrays.
+    """
+    recall, fpr, p = (np.asarray(x, dtype=float) for x in (recall, false_positive_rate, base_rate))
+    true_flags, false_flags = recall * p, fpr * (1 - p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(true_flags + false_flags > 0, true_flags / (true_flags + false_flags), np.nan)
+    return float(precision) if precision.ndim == 0 else precision
+
+
+def base_rate_from_flags(flag_rate: float, recall: float, false_positive_rate: float) -> float:
+    """The toxic share p at which a classifier with this recall and false-positive rate flags ``flag_rate``.
+
+    flag rate = r p + fpr (1 - p), so p = (flag rate - fpr) / (r - fpr). A result below 0 says
+    the two do not fit: the false-positive rate alone would flag more than was flagged, so the
+    labelled set's clean texts are not like this data's.
+    """
+    if recall <= false_positive_rate:
+        raise ValueError(f"base_rate_from_flags: recall {recall:.3f} <= false-positive rate "
+                         f"{false_positive_rate:.3f}; the classifier tells nothing apart.")
+    return (flag_rate - false_positive_rate) / (recall - false_positive_rate)
+
+
+def precision_range(quality: dict, base_rate):
+    """``(precision, low, high)`` at ``base_rate`` from ``classifier_quality``'s counts.
+
+    ``low`` / ``high`` combine the ends of the 95% (Wilson) intervals of recall and of the
+    false-positive rate (low: the lowest recall with the highest false-positive rate): a range
+    of what the labelled set allows, wider than a 95% interval of precision itself.
+    """
+    from utils.evaluation import Rate
+
+    recall = Rate(quality["tp"], quality["tp"] + quality["fn"])
+    fpr = Rate(quality["fp"], quality["fp"] + quality["tn"])
+    return (precision_at_base_rate(recall.value, fpr.value, base_rate),
+            precision_at_base_rate(recall.interval[0], fpr.interval[1], base_rate),
+            precision_at_base_rate(recall.interval[1], fpr.interval[0], base_rate))
 
 
 def _read_jsonl(path: Path, fields: dict[str, tuple]) -> list[dict]:
@@ -585,6 +633,26 @@ def stereotype_effect(table: pd.DataFrame, female_coded: Sequence[str] = FEMALE_
     }
 
 
+def stereotype_change(before: pd.DataFrame, after: pd.DataFrame, female_coded: Sequence[str] = FEMALE_CODED,
+                      male_coded: Sequence[str] = MALE_CODED, n_boot: int = 2000, seed: int = 0) -> dict:
+    """How much ``stereotype_effect`` moved from one model to another, paired by occupation.
+
+    Two versions of a model probed with the same templates: each occupation's gap after minus
+    its gap before (averaged over the templates) is that occupation's change. ``change`` = mean
+    change of the male-coded occupations - mean change of the female-coded ones (= effect after -
+    effect before); its interval resamples the occupations' *changes*, so each occupation keeps
+    its two gaps together (narrower than two separate intervals suggest).
+    """
+    gaps_before = before.groupby("occupation")["gap"].mean()
+    gaps_after = after.groupby("occupation")["gap"].mean()
+    change = (gaps_after - gaps_before).dropna()
+    female = change.reindex(list(female_coded)).dropna()
+    male = change.reindex(list(male_coded)).dropna()
+    low, high = bootstrap_difference(female, male, n_boot=n_boot, seed=seed)
+    return {"n_female_coded": len(female), "n_male_coded": len(male),
+            "change": float(male.mean() - female.mean()), "ci_low": low, "ci_high": high}
+
+
 # --------------------------------------------------------------------------------------
 # 5. Moderating the model's output, and red-teaming it
 # --------------------------------------------------------------------------------------
@@ -597,12 +665,15 @@ Generate = Callable[[list[str]], list[str]]  # prompts -> one reply each; sample
 def chat_generate_fn(model, tokenizer, max_new_tokens: int = 48, temperature: float = 0.8, top_k: int | None = 50,
                      top_p: float | None = None, repetition_penalty: float = 1.0,
                      generator: torch.Generator | None = None, batch_size: int = 16,
-                     system: str | None = None) -> Generate:
+                     system: str | None = None, probe=None) -> Generate:
     """``prompts -> replies`` of a chat model, each prompt asked as the one user turn of a new chat.
 
     The replies are ``utils.replies.generate_replies``'s, the chat box's own path; a prompt too
     long for a small model's context keeps its end (moderation still scores the whole prompt).
     ``system``: a system message before every prompt. ``generator``: on the model's device.
+    ``probe``: the aligned model's ``utils.refusal_probe.RefusalProbe``; the replies it declines
+    begin with its prefix ("I can't help with"), as in the chat: an aligned model is its weights
+    and its probe.
     """
     from utils.replies import generate_replies
 
@@ -611,7 +682,7 @@ def chat_generate_fn(model, tokenizer, max_new_tokens: int = 48, temperature: fl
     def generate(prompts: list[str]) -> list[str]:
         conversations = [start + [{"role": "user", "content": p}] for p in _check_texts(prompts, "chat_generate_fn")]
         return [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens, temperature, top_k,
-                                                 top_p, repetition_penalty, generator, batch_size)]
+                                                 top_p, repetition_penalty, generator, batch_size, probe=probe)]
 
     return generate
 
@@ -752,3 +823,38 @@ def red_team_report(generate_fn: Generate, prompts: Sequence[str], benign_prompt
         "benign_model_refused": share(benign["model_refused"]),
         "table": table,
     }
+
+
+# What red_team_report measures, one per-prompt flag each: (name, kind of prompt, column of its table).
+# "toxic": the classifier scores the reply >= the threshold; the wrapper's refusals are not toxic.
+RED_TEAM_ROWS = [
+    ("red-team replies toxic, no wrapper", "red_team", "raw_toxic"),
+    ("red-team replies toxic, with the wrapper", "red_team", "shown_toxic"),
+    ("red-team replies with PII, no wrapper", "red_team", "raw_pii"),
+    ("red-team replies with PII, with the wrapper", "red_team", "reply_pii"),
+    ("red-team prompts the model refused itself", "red_team", "model_refused"),
+    ("red-team prompts refused by the wrapper", "red_team", "refused"),
+    ("benign replies toxic, no wrapper", "benign", "raw_toxic"),
+    ("benign prompts the model refused itself", "benign", "model_refused"),
+    ("benign prompts refused by the wrapper", "benign", "refused"),
+]
+
+
+def red_team_flags(report: dict) -> dict[str, list[bool]]:
+    """Per ``RED_TEAM_ROWS`` name, one flag per prompt of its kind, in the prompts' order.
+
+    Two models asked the same prompts give flags on the same items: pass them to
+    ``utils.evaluation.paired_difference``.
+    """
+    table, threshold = report["table"], report["threshold"]
+    columns = {"raw_toxic": table["raw_score"] >= threshold,
+               "shown_toxic": (table["reply_score"] >= threshold) & ~table["refused"]}
+    return {name: [bool(f) for f in (columns[column] if column in columns else table[column])[table["kind"] == kind]]
+            for name, kind, column in RED_TEAM_ROWS}
+
+
+def red_team_rates(report: dict) -> dict:
+    """Per ``RED_TEAM_ROWS`` name, a ``utils.evaluation.Rate``: the share with its count and 95% interval."""
+    from utils.evaluation import rate
+
+    return {name: rate(flags) for name, flags in red_team_flags(report).items()}
