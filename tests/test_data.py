@@ -8,6 +8,7 @@ import pytest
 from utils import data
 from utils.config import PROFILES, REPO_ROOT, CourseConfig, Paths
 from utils.data import DataFormatError, load_file, validate_conversation
+from utils.io import read_jsonl
 
 FIXTURES = REPO_ROOT / "data" / "fixtures"
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -106,6 +107,16 @@ def test_lenient_txt_and_csv(tmp_path):
     assert len(txt.conversations) == 2 and txt.skipped[0].line == 4
     csv_ = load_file(write(tmp_path, "c.csv", "conversation_id,role,content\nx,user,a\ny,assistant,b\n"), lenient=True)
     assert [c["id"] for c in csv_.conversations] == ["x"] and csv_.skipped[0].field == "messages[0].role"
+
+
+def test_one_jsonl_parser_for_conversations_and_other_files(tmp_path):
+    """load_file and utils.io.read_jsonl share utils.io.parse_jsonl: the same line numbers, blank lines skipped."""
+    path = write(tmp_path, "chats.jsonl", "\n" + jsonl(GOOD, GOOD) + "\n" + '{"messages": [}\n')
+    with pytest.raises(ValueError, match=r"chats\.jsonl, line 5: not valid JSON"):
+        list(read_jsonl(path))
+    result = load_file(path, lenient=True)
+    assert [c["id"] for c in result.conversations] == ["chats-2", "chats-3"]
+    assert [(p.line, p.field) for p in result.skipped] == [(5, "(json)")]
 
 
 def test_problem_reads_well():

@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.io import write_atomically
+from utils.io import parse_jsonl, write_atomically
 
 ROLES = ("user", "assistant", "system")
 CHITCHAT = "chitchat-dataset"
@@ -367,14 +367,10 @@ def _read_text(path: Path) -> str:
 
 
 def _read_jsonl(path: Path, text: str):
-    """One conversation per line; blank lines are allowed. A broken line is yielded as a Problem."""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as error:
-            record = Problem(path.name, number, "(json)", f"not valid JSON: {error.msg} at column {error.colno}",
+    """One conversation per line, blank lines allowed (``utils.io.parse_jsonl``); a broken line is yielded as a Problem."""
+    for number, record in parse_jsonl(text):
+        if isinstance(record, json.JSONDecodeError):
+            record = Problem(path.name, number, "(json)", f"not valid JSON: {record.msg} at column {record.colno}",
                              'write one complete JSON object per line, e.g. '
                              '{"messages": [{"role": "user", "content": "hi"}]}')
         yield record, number, None

@@ -42,6 +42,23 @@ def write_json_atomically(path: str | os.PathLike, payload) -> Path:
     return write_atomically(path, json.dumps(payload, indent=2, default=str))
 
 
+def parse_jsonl(text: str) -> Iterator[tuple[int, object]]:
+    """``(line_number, value)`` for every non-blank line of JSON Lines text.
+
+    A line that is not JSON gives its ``json.JSONDecodeError`` as the value instead of
+    raising, so each caller picks what a broken line means: ``read_jsonl`` stops there,
+    ``utils.data.load_file(lenient=True)`` reports the line and reads on.
+    """
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            value = error
+        yield number, value
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """``(line_number, record)`` for every non-blank line of a JSON Lines file.
 
@@ -53,13 +70,9 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start}); save the file as UTF-8.") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno}).") from None
+    for number, record in parse_jsonl(text):
+        if isinstance(record, json.JSONDecodeError):
+            raise ValueError(f"{path}, line {number}: not valid JSON ({record.msg}, column {record.colno}).")
         if not isinstance(record, dict):
             raise ValueError(f"{path}, line {number}: expected a JSON object ({{...}}), got {type(record).__name__}.")
         yield number, record

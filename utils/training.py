@@ -22,6 +22,11 @@ and MFU count only real tokens. Batches may come on the CPU: the loop moves them
 The loss is pluggable too: ``loss_fn(model, (x, y)) -> (mean_loss, n_scored)`` replaces
 next-token cross-entropy (``token_loss``), so a preference loss such as DPO (notebook 07)
 trains through this same loop; x and y then mean whatever the loss reads.
+
+``train`` reads top to bottom: set up (``setup_distributed``, ``mixed_precision``,
+``make_optimizer``, ``resume_run``), then every step ``optimizer_step``, and at its
+intervals ``log_step``, ``estimate_loss`` with ``log_eval``, ``sample_text`` and
+``save_checkpoint``. ``RunState`` holds what changes along the way.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from utils import checkpoint as ckpt
 from utils.io import write_json_atomically
@@ -211,6 +218,28 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return table[name]
 
 
+@dataclass
+class Precision:
+    """How the forward pass computes: the dtype, the autocast that runs it, and fp16's loss scaler."""
+
+    dtype: torch.dtype
+    autocast: contextlib.AbstractContextManager  # torch.autocast for bf16 and fp16; a no-op for fp32
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+
+
+def mixed_precision(name: str, device: str) -> Precision:
+    """``resolve_dtype``'s choice with its autocast and, for fp16, a GradScaler."""
+    dtype = resolve_dtype(name, device)
+    device_type = device.split(":")[0]
+    autocast = (
+        torch.autocast(device_type=device_type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    )
+    # fp16 has a narrow range: small gradients underflow to 0. The scaler multiplies the loss
+    # before backward and divides the gradients after; bf16 and fp32 do not need it.
+    scaler = torch.amp.GradScaler(device_type if device_type == "cuda" else "cpu", enabled=dtype == torch.float16)
+    return Precision(dtype, autocast, scaler)
+
+
 # Dense (no sparsity) tensor-core peaks in FLOP/s, from the vendors' data sheets, for bf16/fp16.
 PEAK_FLOPS = {
     "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -245,8 +274,6 @@ class Dist:
 
 def is_main_process() -> bool:
     """True in a single process, and in rank 0 of a torchrun group: the one process that writes files."""
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -258,8 +285,6 @@ def setup_distributed(device_name: str = "auto") -> tuple[Dist, str]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Dist(), resolve_device(device_name)
-    import torch.distributed as dist
-
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if not dist.is_initialized():
@@ -341,6 +366,177 @@ def sample_text(model, decode, prompt: list[int], n_tokens: int, seed: int, devi
     return decode(out[0].tolist())
 
 
+# ---------------------------------------------------------------- the run's state
+
+
+@dataclass
+class RunState:
+    """Where a run stands.
+
+    A checkpoint keeps the first five fields and ``resume_run`` restores them; the
+    others count this session (one call of ``train``), so the speed a resumed run
+    reports is its own.
+    """
+
+    step: int = 0  # optimizer steps done
+    best_val: float = math.inf  # lowest validation loss so far
+    history: list[dict] = field(default_factory=list)  # every log_interval steps: loss, lr, elapsed, tokens/s, MFU
+    evals: list[dict] = field(default_factory=list)  # every eval_interval steps: step, train and val loss, elapsed
+    tokens_seen: int = 0  # real tokens of the earlier sessions, all processes
+    # ---- this session (set by start_session) ----
+    session_tokens: torch.Tensor | None = None  # real tokens, all processes: a 0-d tensor on the device (no GPU wait)
+    train_seconds: float = 0.0  # time inside optimizer steps: what tokens/s divides by
+    last_log: dict = field(default_factory=dict)  # the latest history entry of this session
+    samples: list[dict] = field(default_factory=list)  # text samples, {"step", "text"}
+    elapsed_before: float = 0.0  # wall-clock seconds of the earlier sessions
+    session_start: float = 0.0  # time.perf_counter() when this session's first step began
+
+    def start_session(self, device: str) -> None:
+        """Zero this session's token count on ``device`` and start its clock where the earlier sessions stopped."""
+        self.session_tokens = torch.zeros((), dtype=torch.long, device=device)
+        self.elapsed_before = self.history[-1]["elapsed"] if self.history else 0.0
+        self.session_start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of the whole run so far: steps, evaluations, samples and checkpoints."""
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def total_tokens(self) -> int:
+        """Real tokens trained on, all processes, resumed parts too."""
+        return self.tokens_seen + int(self.session_tokens)
+
+
+def resume_run(folder: Path, gpt, optimizer, scaler, sampler: np.random.Generator, dist_info: Dist) -> RunState:
+    """Load the run saved in ``folder`` into ``gpt``, ``optimizer``, ``scaler`` and every RNG; return where it stood.
+
+    The weights and the training state are two files written one after the other: when
+    their steps differ (a crash between the two writes), we refuse rather than go on
+    from a mix. Each process takes back its own random streams; a run saved with
+    another number of processes has no stream for some of them, so all start new ones.
+    """
+    saved = ckpt.load_training_state(folder)
+    weights_step = ckpt.load_weights(gpt, folder)
+    if weights_step != saved["step"]:
+        raise ValueError(
+            f"{folder}: model.safetensors is from step {weights_step} but {ckpt.STATE_FILE} from step "
+            f"{saved['step']} (a crash between the two writes?); start the run again."
+        )
+    optimizer.load_state_dict(saved["optimizer"])
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    rng = saved["rng"]
+    if len(rng) == dist_info.world_size:
+        ckpt.set_rng_state(rng[dist_info.rank], sampler)
+    elif dist_info.main:
+        print(f"resume: the run had {len(rng)} processes, now {dist_info.world_size}: new random streams.")
+    return RunState(
+        step=saved["step"], best_val=saved["best_val_loss"], history=json.loads(saved["history"]),
+        evals=json.loads(saved["evals"]), tokens_seen=saved.get("tokens_seen", 0),
+    )
+
+
+# ---------------------------------------------------------------- one optimizer step
+
+
+def optimizer_step(model, optimizer, batches: list, precision: Precision, grad_clip: float,
+                   loss_fn: Callable | None = None, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update from ``batches``, the step's micro-batches ``(x, y, real_tokens)`` from ``unpack_batch``.
+
+    ``model`` is what the step calls: the GPT, compiled and/or wrapped in DDP. Each
+    micro-batch's mean loss weighs its share of the step's scored targets (all
+    processes), so the step follows the mean over every scored token (``train``'s
+    docstring says why); gradients are unscaled (fp16), clipped, then applied.
+    Returns this process's mean loss over its scored targets (for the log) and the step's
+    real tokens, all processes; both 0-d tensors, so nothing here waits for the GPU.
+    """
+    scored = [(y != IGNORE_INDEX).sum() for _, y, _ in batches]  # 0-d tensors: no wait for the GPU
+    counts = torch.stack([torch.stack(scored).sum(), torch.stack([r for _, _, r in batches]).sum()])
+    if world_size > 1:
+        dist.all_reduce(counts)  # (scored targets, real tokens) of the whole step, every process
+    step_scored = counts[0].clamp(min=1)
+    token_loss_sum = torch.zeros((), device=counts.device)  # this process's summed token loss, for the log
+    logged_scored = torch.zeros((), dtype=torch.long, device=counts.device)  # what token_loss_sum is summed over
+    for micro, ((x, y, _), n_scored) in enumerate(zip(batches, scored)):
+        last_micro = micro == len(batches) - 1
+        # DDP averages gradients across processes after every backward; during accumulation
+        # only the last micro-batch needs it, so the others skip the communication.
+        sync = contextlib.nullcontext() if last_micro or world_size == 1 else model.no_sync()
+        with sync:
+            with precision.autocast:
+                if loss_fn is None:
+                    _, mean_loss = model(x, y)  # mean over this micro-batch's scored targets
+                    # Its share of the step's mean over every scored token: mean x (its count / the
+                    # step's count); x world_size undoes DDP's average over processes. One micro-batch,
+                    # one process: the weight is exactly 1.
+                    weight = n_scored * world_size / step_scored
+                else:
+                    mean_loss, n_scored = loss_fn(model, (x, y))
+                    weight = 1.0 / len(batches)  # equal micro-batches (see train's docstring)
+            # Nothing scored (the mean is nan): it adds 0.
+            mean_loss = torch.where(n_scored > 0, mean_loss, 0.0)
+            precision.scaler.scale(mean_loss * weight).backward()
+        token_loss_sum += mean_loss.detach() * n_scored
+        logged_scored += n_scored
+    if grad_clip > 0:
+        precision.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(ckpt.unwrap(model).parameters(), grad_clip)
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return token_loss_sum / logged_scored.clamp(min=1), counts[1]
+
+
+# ---------------------------------------------------------------- log, evaluate, save
+
+
+def log_step(state: RunState, loss: torch.Tensor, lr: float, flops_token: float, peak: float | None) -> dict:
+    """Append the step's loss, learning rate and this session's speed to the history; return the entry."""
+    tokens_per_second = int(state.session_tokens) / max(state.train_seconds, 1e-9)
+    state.last_log = {
+        "step": state.step, "loss": loss.item(), "lr": lr, "elapsed": state.elapsed(),
+        "tokens_per_second": tokens_per_second, "mfu": flops_token * tokens_per_second / peak if peak else None,
+    }
+    state.history.append(state.last_log)
+    return state.last_log
+
+
+def log_eval(state: RunState, losses: dict[str, float]) -> dict:
+    """Append ``estimate_loss``'s train and val loss to the evaluations, keep the best val loss; return the entry."""
+    result = {"step": state.step, "train_loss": losses["train"], "val_loss": losses["val"], "elapsed": state.elapsed()}
+    state.evals.append(result)
+    state.best_val = min(state.best_val, result["val_loss"])
+    return result
+
+
+def gather_rng_states(sampler: np.random.Generator, world_size: int) -> list[dict]:
+    """Every process's RNG state (they differ), in rank order, for the checkpoint. Collective: all processes call it."""
+    state = ckpt.rng_state(sampler)
+    if world_size == 1:
+        return [state]
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()})
+    return gathered
+
+
+def save_checkpoint(folder: Path, gpt, optimizer, scaler, rng: list[dict], state: RunState, cfg: TrainConfig,
+                    tokenizer_name: str | None) -> None:
+    """Everything ``resume_run`` reads: the weights (with config.json), then optimizer, loss scale, RNGs and state."""
+    ckpt.save_model(gpt, folder, tokenizer_name, gpt.config.vocab_size, state.step, dataclasses.asdict(cfg))
+    ckpt.save_training_state(
+        {
+            "step": state.step,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": rng,
+            "best_val_loss": state.best_val,
+            "tokens_seen": state.total_tokens(),
+            "history": json.dumps(state.history),
+            "evals": json.dumps(state.evals),
+        },
+        folder,
+    )
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -389,14 +585,7 @@ def train(
     cfg = cfg or TrainConfig()
     dist_info, device = setup_distributed(cfg.device)
     device_type = device.split(":")[0]
-    ptdtype = resolve_dtype(cfg.dtype, device)
-    autocast = (
-        torch.autocast(device_type=device_type, dtype=ptdtype)
-        if ptdtype != torch.float32 else contextlib.nullcontext()
-    )
-    # fp16 has a narrow range: small gradients underflow to 0. The scaler multiplies the loss
-    # before backward and divides the gradients after; bf16 and fp32 do not need it.
-    scaler = torch.amp.GradScaler(device_type if device_type == "cuda" else "cpu", enabled=ptdtype == torch.float16)
+    precision = mixed_precision(cfg.dtype, device)
     out_dir = Path(out_dir) if out_dir is not None else None
     if batch_fn is None:
         if train_ids is None or val_ids is None:
@@ -407,193 +596,100 @@ def train(
     sampler = np.random.default_rng(cfg.seed + dist_info.rank)  # each rank its own windows
     gpt = ckpt.unwrap(model).to(device)
     optimizer = make_optimizer(gpt, cfg, device_type)
-    start_step, best_val, history, evals, tokens_seen = 0, float("inf"), [], [], 0
     if resume:
         if out_dir is None:
             raise ValueError("train(resume=True) needs the out_dir of the run to continue.")
-        state = ckpt.load_training_state(out_dir)
-        saved_step = ckpt.load_weights(gpt, out_dir)
-        if saved_step != state["step"]:
-            raise ValueError(
-                f"{out_dir}: model.safetensors is from step {saved_step} but {ckpt.STATE_FILE} from step "
-                f"{state['step']} (a crash between the two writes?); start the run again."
-            )
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        if len(rng) == dist_info.world_size:
-            ckpt.set_rng_state(rng[dist_info.rank], sampler)
-        elif dist_info.main:
-            print(f"resume: the run had {len(rng)} processes, now {dist_info.world_size}: new random streams.")
-        start_step, best_val, tokens_seen = state["step"], state["best_val_loss"], state.get("tokens_seen", 0)
-        history, evals = json.loads(state["history"]), json.loads(state["evals"])
+        state = resume_run(out_dir, gpt, optimizer, precision.scaler, sampler, dist_info)
         if dist_info.main and cfg.verbose:
-            print(f"Resuming {out_dir} at step {start_step} (of {cfg.max_iters}).")
+            print(f"Resuming {out_dir} at step {state.step} (of {cfg.max_iters}).")
+    else:
+        state = RunState()
+    resumed_from = state.step if resume else None
 
     step_model = torch.compile(gpt) if cfg.compile else gpt  # compile first, then wrap (as nanoGPT)
     if dist_info.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         step_model = DDP(step_model, device_ids=[dist_info.local_rank] if device_type == "cuda" else None)
 
     flops_token = flops_per_token(gpt.config, cfg.block_size)  # forward + backward, per token
-    peak = peak_flops(device, ptdtype)
+    peak = peak_flops(device, precision.dtype)
     if peak is not None:
         peak *= dist_info.world_size
     prompt = sample_prompt if sample_prompt is not None else [0]
-    samples: list[dict] = []
-
-    def evaluate(step: int) -> dict:
-        losses = estimate_loss(gpt, batch_fn, cfg.eval_iters, cfg.seed + 10_000, autocast, device, loss_fn)
-        return {"step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
-
-    def save(step: int) -> None:
-        # Every rank's RNG state goes in the file (they differ); the gather is collective.
-        rng = [ckpt.rng_state(sampler)]
-        if dist_info.world_size > 1:
-            import torch.distributed as dist
-
-            gathered = [None] * dist_info.world_size
-            dist.all_gather_object(gathered, {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in rng[0].items()})
-            rng = gathered
-        if not (dist_info.main and out_dir is not None and cfg.checkpoint):
-            return
-        ckpt.save_model(gpt, out_dir, tokenizer_name, gpt.config.vocab_size, step, dataclasses.asdict(cfg))
-        ckpt.save_training_state(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": rng,
-                "best_val_loss": best_val,
-                "tokens_seen": tokens_seen + int(session_tokens),
-                "history": json.dumps(history),
-                "evals": json.dumps(evals),
-            },
-            out_dir,
-        )
-
     progress = None
     if cfg.progress and dist_info.main:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=cfg.max_iters, initial=start_step, desc="training", dynamic_ncols=True)
+        progress = tqdm(total=cfg.max_iters, initial=state.step, desc="training", dynamic_ncols=True)
+    say = progress.write if progress is not None else print  # print without breaking the progress bar
 
     step_model.train()
-    train_seconds, last = 0.0, {}
-    session_tokens = torch.zeros((), dtype=torch.long, device=device)  # real tokens of this session, all processes
-    wall_start = time.perf_counter()
-    elapsed_before = history[-1]["elapsed"] if history else 0.0
-    step = start_step
-    while step < cfg.max_iters:
+    state.start_session(device)
+    while state.step < cfg.max_iters:
         t0 = time.perf_counter()
-        lr = learning_rate_at(step, cfg)
+        lr = learning_rate_at(state.step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # Draw the step's micro-batches first: the loss weights need the step's count of
-        # scored targets (all processes) before the first backward.
+        # All the step's micro-batches first: their weights need the step's count of scored targets.
         batches = [unpack_batch(batch_fn("train", sampler), device) for _ in range(cfg.grad_accum_steps)]
-        scored = [(y != IGNORE_INDEX).sum() for _, y, _ in batches]  # 0-d tensors: no wait for the GPU
-        counts = torch.stack([torch.stack(scored).sum(), torch.stack([r for _, _, r in batches]).sum()])
-        if dist_info.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(counts)  # (scored targets, real tokens) of the whole step, every process
-        step_scored = counts[0].clamp(min=1)
-        token_loss_sum = torch.zeros((), device=device)  # this process's summed token loss, for the log
-        logged_scored = torch.zeros((), dtype=torch.long, device=device)  # what token_loss_sum is summed over
-        for micro, ((x, y, _), n_scored) in enumerate(zip(batches, scored)):
-            last_micro = micro == cfg.grad_accum_steps - 1
-            # DDP averages gradients across processes after every backward; during accumulation
-            # only the last micro-batch needs it, so the others skip the communication.
-            sync = contextlib.nullcontext() if last_micro or dist_info.world_size == 1 else step_model.no_sync()
-            with sync:
-                with autocast:
-                    if loss_fn is None:
-                        _, mean_loss = step_model(x, y)  # mean over this micro-batch's scored targets
-                        # Its share of the step's mean over every scored token: mean x (its count / the
-                        # step's count); x world_size undoes DDP's average over processes. One micro-batch,
-                        # one process: the weight is exactly 1.
-                        weight = n_scored * dist_info.world_size / step_scored
-                    else:
-                        mean_loss, n_scored = loss_fn(step_model, (x, y))
-                        weight = 1.0 / cfg.grad_accum_steps  # equal micro-batches (see the docstring)
-                # Nothing scored (the mean is nan): it adds 0.
-                mean_loss = torch.where(n_scored > 0, mean_loss, 0.0)
-                scaler.scale(mean_loss * weight).backward()
-            token_loss_sum += mean_loss.detach() * n_scored
-            logged_scored += n_scored
-        local_scored = logged_scored.clamp(min=1)
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if device_type == "cuda" and step % cfg.log_interval == 0:
+        loss, real_tokens = optimizer_step(step_model, optimizer, batches, precision, cfg.grad_clip, loss_fn,
+                                           dist_info.world_size)
+        state.step += 1
+        if device_type == "cuda" and state.step % cfg.log_interval == 0:
             torch.cuda.synchronize()
-        train_seconds += time.perf_counter() - t0
-        session_tokens += counts[1]
+        state.train_seconds += time.perf_counter() - t0
+        state.session_tokens += real_tokens
         if progress is not None:
             progress.update(1)
 
-        last_step = step == cfg.max_iters
-        if step % cfg.log_interval == 0 or last_step:
-            tokens_per_second = int(session_tokens) / max(train_seconds, 1e-9)
-            mfu = flops_token * tokens_per_second / peak if peak else None
-            last = {
-                "step": step, "loss": (token_loss_sum / local_scored).item(), "lr": lr,
-                "elapsed": elapsed_before + time.perf_counter() - wall_start,
-                "tokens_per_second": tokens_per_second, "mfu": mfu,
-            }
-            history.append(last)
+        last_step = state.step == cfg.max_iters
+        if state.step % cfg.log_interval == 0 or last_step:
+            entry = log_step(state, loss, lr, flops_token, peak)
             if progress is not None:
-                progress.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_second:,.0f}")
+                progress.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{lr:.1e}",
+                                     tok_s=f"{entry['tokens_per_second']:,.0f}")
             if callback is not None and dist_info.main:
-                callback(step, {"history": history, "evals": evals, **last})
-        if step % cfg.eval_interval == 0 or last_step:
+                callback(state.step, {"history": state.history, "evals": state.evals, **entry})
+        if state.step % cfg.eval_interval == 0 or last_step:
             if dist_info.main:
-                result = evaluate(step)
-                result["elapsed"] = elapsed_before + time.perf_counter() - wall_start
-                evals.append(result)
-                best_val = min(best_val, result["val_loss"])
-                message = f"step {step}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}"
+                losses = estimate_loss(gpt, batch_fn, cfg.eval_iters, cfg.seed + 10_000, precision.autocast, device,
+                                       loss_fn)
+                result = log_eval(state, losses)
                 if cfg.verbose:
-                    (progress.write if progress is not None else print)(message)
+                    say(f"step {state.step}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}")
                 if callback is not None:
-                    callback(step, {"history": history, "evals": evals, **last, **result})
+                    callback(state.step, {"history": state.history, "evals": state.evals, **state.last_log, **result})
             if decode is not None and dist_info.main and (
-                last_step or (cfg.sample_interval and step % cfg.sample_interval == 0)
+                last_step or (cfg.sample_interval and state.step % cfg.sample_interval == 0)
             ):
                 text = sample_text(gpt, decode, prompt, cfg.sample_tokens, cfg.seed, device)
-                samples.append({"step": step, "text": text})
+                state.samples.append({"step": state.step, "text": text})
                 if cfg.verbose:
-                    (progress.write if progress is not None else print)(f"--- sample at step {step} ---\n{text}\n---")
-            save(step)
+                    say(f"--- sample at step {state.step} ---\n{text}\n---")
+            rng = gather_rng_states(sampler, dist_info.world_size)
+            if dist_info.main and out_dir is not None and cfg.checkpoint:
+                save_checkpoint(out_dir, gpt, optimizer, precision.scaler, rng, state, cfg, tokenizer_name)
     if progress is not None:
         progress.close()
 
-    final = evals[-1] if evals else {}
+    final = state.evals[-1] if state.evals else {}
     metrics = {
         "train_loss": final.get("train_loss"),
         "val_loss": final.get("val_loss"),
-        "best_val_loss": best_val if math.isfinite(best_val) else None,
-        "tokens_per_second": int(session_tokens) / train_seconds if train_seconds else None,
-        "mfu": last.get("mfu"),
-        "iters": step,
+        "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
+        "tokens_per_second": int(state.session_tokens) / state.train_seconds if state.train_seconds else None,
+        "mfu": state.last_log.get("mfu"),
+        "iters": state.step,
         "world_size": dist_info.world_size,
         "parameters": gpt.num_parameters(),
-        "tokens_seen": tokens_seen + int(session_tokens),  # real tokens, all processes, resumed parts too
+        "tokens_seen": state.total_tokens(),
         "device": device,
-        "dtype": str(ptdtype).replace("torch.", ""),
-        "train_seconds": train_seconds,
-        "elapsed_seconds": (history[-1]["elapsed"] if history else 0.0),
-        "resumed_from": start_step if resume else None,
-        "history": history,
-        "evals": evals,
-        "samples": samples,
+        "dtype": str(precision.dtype).replace("torch.", ""),
+        "train_seconds": state.train_seconds,
+        "elapsed_seconds": (state.history[-1]["elapsed"] if state.history else 0.0),
+        "resumed_from": resumed_from,
+        "history": state.history,
+        "evals": state.evals,
+        "samples": state.samples,
         "config": dataclasses.asdict(cfg),
     }
     if dist_info.main and out_dir is not None:
