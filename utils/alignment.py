@@ -35,7 +35,6 @@ from utils import checkpoint as ckpt
 from utils import training
 from utils.chat_spans import IGNORE_INDEX
 from utils.evaluation import model_logits
-from utils.io import write_json_atomically
 
 DPO = "smollm2-dpo"  # the folder under cfg.paths.checkpoints
 REPORT_FILE = "dpo.json"  # written last: a folder without it is incomplete
@@ -348,22 +347,20 @@ def dpo_dir(cfg) -> Path:
 
 
 def save_dpo(model, tokenizer, folder: str | os.PathLike, probe, report: dict) -> Path:
-    """The merged GPT (safetensors), its tokenizer in ``folder/tokenizer``, its refusal probe and ``dpo.json``, written last.
+    """The merged GPT, its tokenizer, its refusal probe and ``dpo.json`` (written last): ``checkpoint.save_finetuned``.
 
     ``probe``: the ``utils.refusal_probe.RefusalProbe`` that decides when the model declines (None: none).
     """
-    folder = Path(folder)
-    (folder / REPORT_FILE).unlink(missing_ok=True)  # incomplete until the very end
-    ckpt.save_model(model, folder, tokenizer_name="SmolLM2-135M-Instruct, made yours, then aligned",
-                    vocab_size=len(tokenizer))
-    tokenizer.save_pretrained(str(folder / "tokenizer"))
     from utils.refusal_probe import FILE
 
+    folder = Path(folder)
+    (folder / REPORT_FILE).unlink(missing_ok=True)  # incomplete until the very end, probe included
     (folder / FILE).unlink(missing_ok=True)  # a probe of an earlier run does not belong to these weights
     if probe is not None:
+        folder.mkdir(parents=True, exist_ok=True)
         probe.save(folder)
-    write_json_atomically(folder / REPORT_FILE, report)
-    return folder
+    return ckpt.save_finetuned(model, tokenizer, folder, REPORT_FILE, report,
+                               "SmolLM2-135M-Instruct, made yours, then aligned")
 
 
 def load_dpo(folder: str | os.PathLike, device: str = "cpu"):
@@ -371,15 +368,7 @@ def load_dpo(folder: str | os.PathLike, device: str = "cpu"):
 
     Its refusal probe: ``utils.refusal_probe.RefusalProbe.load(folder)``.
     """
-    from transformers import AutoTokenizer
-
-    folder = Path(folder)
-    if not (folder / REPORT_FILE).exists():
-        raise FileNotFoundError(f"{folder / REPORT_FILE} does not exist: {folder} holds no finished DPO model; "
-                                "run notebook 07_alignment first.")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    model = ckpt.load_checkpoint(folder, tokenizer=tokenizer, device=device)
-    return model, tokenizer, json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+    return ckpt.load_finetuned(folder, REPORT_FILE, "run notebook 07_alignment first", device)
 
 
 # --------------------------------------------------------------------------- the recipe end to end

@@ -253,3 +253,37 @@ def load_training_state(folder: str | os.PathLike, map_location="cpu") -> dict:
             f"{path} does not exist: there is no run to resume in {folder}; start one without --resume."
         )
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def save_finetuned(model, tokenizer, folder: str | os.PathLike, report_file: str, report: dict,
+                   description: str) -> Path:
+    """A fine-tuned GPT with its tokenizer (``folder/tokenizer``) and its report (``folder/report_file``), written last.
+
+    The report is removed first and written at the very end: a folder without it is an
+    incomplete save (a crash, Ctrl-C), which the loaders refuse and the notebooks rebuild.
+    """
+    from utils.io import write_json_atomically
+
+    folder = Path(folder)
+    (folder / report_file).unlink(missing_ok=True)  # incomplete until the very end
+    save_model(model, folder, tokenizer_name=description, vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    write_json_atomically(folder / report_file, report)
+    return folder
+
+
+def load_finetuned(folder: str | os.PathLike, report_file: str, missing: str, device: str = "cpu"):
+    """``(model, tokenizer, report)`` from a folder written by ``save_finetuned``.
+
+    ``missing``: what to do when the folder holds no finished model (the error says it).
+    """
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / report_file).exists():
+        raise FileNotFoundError(f"{folder / report_file} does not exist: {folder} holds no finished model; {missing}.")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    model = load_checkpoint(folder, tokenizer=tokenizer, device=device)
+    return model, tokenizer, json.loads((folder / report_file).read_text(encoding="utf-8"))
