@@ -11,8 +11,8 @@ the dev split's harmful and benign requests, greedy, alone and as the second tur
   their declines, the benign and everyday ones by the model's own replies (KL-anchored), alone and as a
   later turn (``utils.preferences.sft_conversations``; ``utils.identity.fine_tune``, 06's loop);
 - ``probe``: the refusal probe alone (``utils.refusal_probe.choose``) on the model of 06;
-- ``probe+dpo``: 07's recipe: the probe decides, DPO (with the RPO term) teaches the words after
-  "I can't help with" and that benign requests are not refused.
+- ``probe+dpo``: 07's recipe: the probe decides, a decline adapter trained by DPO (with the RPO
+  term) writes the words after "I can't help with".
 
 It prints one row per recipe (refusal rates with counts and 95% intervals) and writes them to
 ``build/<profile>/alignment_recipes.json``. The results behind 07's choice are in alignment_recipes.md.
@@ -68,13 +68,14 @@ def main() -> None:
     exchanges = {split: prefs.first_exchanges(model, tokenizer, [r for r in requests if r.kind == "everyday"][:6],
                                               p.align_max_new_tokens)
                  for split, requests in splits.items()}
-    own = prefs.own_replies(model, tokenizer, train, rp.PREFIX, p.align_max_new_tokens)
     rows = {}
     if "before" in args.recipes:
         rows["before"] = dev_rates(model, tokenizer, dev, exchanges["dev"], p.align_max_new_tokens)
     if "sft" in args.recipes:
         start = time.perf_counter()
         tuned = copy.deepcopy(model)
+        own = prefs.own_replies(model, tokenizer, [r for r in train if r.kind != "harmful"], rp.PREFIX,
+                                p.align_max_new_tokens)
         conversations, anchored = prefs.sft_conversations(train, own, exchanges["train"])
         examples = [encode_chat(tokenizer, c) for c in conversations]
         recipe = IdentityConfig(max_iters=args.sft_steps, progress=False)
@@ -87,32 +88,27 @@ def main() -> None:
         del tuned
     if "probe" in args.recipes or "probe+dpo" in args.recipes:
         layers = list(p.probe_layers)
-        train_states = np.concatenate([rp.last_token_states(model, prefs.prompts_of(tokenizer, train, e), layers)
-                                       for e in (None, exchanges["train"])])
-        labels = np.array([r.kind == "harmful" for r in train] * 2)
-        dev_all = splits["dev"]
-        dev_states = [rp.last_token_states(model, prefs.prompts_of(tokenizer, dev_all, e), layers)
-                      for e in (None, exchanges["dev"])]
-        probe, table = rp.choose(train_states, labels, dev_states, np.array([r.kind for r in dev_all]), layers)
+        requests = train + splits["dev"]  # the probe's block and threshold: cross-validation over sub-topics
+        states = [rp.last_token_states(model, prefs.prompts_of(tokenizer, requests, e), layers)
+                  for e in (None, exchanges["train"])]
+        probe, table = rp.choose(states, np.array([r.kind for r in requests]),
+                                 [f"{r.kind}: {r.subtopic}" for r in requests], layers)
         for line in table:
             print(line)
-        if "probe" in args.recipes:
+        if "probe" in args.recipes:  # (dev was among the requests it learned from: optimistic)
             rows["probe"] = {**dev_rates(model, tokenizer, dev, exchanges["dev"], p.align_max_new_tokens, probe),
                              "block": probe.layer, "threshold": probe.threshold}
     if "probe+dpo" in args.recipes:
         start = time.perf_counter()
-        requests = [r for r in train if r.kind != "everyday"]
-        pairs = [x for x in prefs.preference_pairs(requests, own, {r.id: own[r.id] for r in requests
-                                                                   if r.kind == "harmful"},
-                                                   exchanges["train"], probe.prefix) if x["turn"] == "single"]
-        encoded = prefs.encode_pairs(tokenizer, pairs)
+        harmful = [r for r in train if r.kind == "harmful"]
+        continuation = prefs.own_replies(model, tokenizer, harmful, probe.prefix, p.align_max_new_tokens)
+        encoded = prefs.encode_pairs(tokenizer, prefs.preference_pairs(harmful, continuation, probe.prefix))
         dpo_cfg = dataclasses.replace(alignment.dpo_config(p, cfg.seed, cfg.device), sft_weight=p.dpo_sft_weight,
                                       progress=False)
         aligned = copy.deepcopy(model)
         alignment.add_lora(aligned, dpo_cfg)
-        alignment.train_dpo(aligned, ChatBatches(encoded, encoded[:2] + encoded[len(pairs):len(pairs) + 2],
+        alignment.train_dpo(aligned, ChatBatches(encoded, encoded[:2] + encoded[len(harmful):len(harmful) + 2],
                                                  dpo_cfg.batch_size, tokenizer.pad_token_id), dpo_cfg)
-        merge_lora(aligned)
         rows["probe+dpo"] = {**dev_rates(aligned.eval(), tokenizer, dev, exchanges["dev"], p.align_max_new_tokens,
                                          probe), "seconds": round(time.perf_counter() - start)}
     for name, row in rows.items():

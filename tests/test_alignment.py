@@ -378,3 +378,25 @@ def test_ensure_aligned_makes_the_model_once_with_a_message_then_loads_it_with_i
     assert isinstance(model, GPT) and probe.threshold == 0.6 and probe.layer == 1
     alignment.ensure_aligned(cfg)
     assert made == [True]  # there now: loaded, not made again
+
+
+def test_the_aligned_model_saves_its_base_weights_decline_adapter_and_probe_and_loads_them_back(tmp_path):
+    from utils import alignment
+    from utils.refusal_probe import RefusalProbe, adapters
+    from utils.tokenization import gpt2_reference_tokenizer
+
+    tokenizer = gpt2_reference_tokenizer()
+    model = llama_model(len(tokenizer))
+    base_logits = model(torch.tensor([[1, 2, 3]]))[0]
+    apply_lora(model, r=4, alpha=8, target_modules=["transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_fc"])
+    perturb_adapters(model)
+    x = torch.tensor([[1, 2, 3]])
+    with_adapter = model(x)[0]
+    probe = RefusalProbe(layer=1, weight=[0.1] * 32, bias=0.0, scale=1.0, threshold=0.7)
+    alignment.save_dpo(model, tokenizer, tmp_path, probe, {"identity": {"name": "Pip"}})
+    loaded, _, report = alignment.load_dpo(tmp_path)
+    assert report["adapter"]["r"] == 4 and report["adapter"]["alpha"] == 8
+    torch.testing.assert_close(loaded(x)[0], with_adapter)  # adapters on: the decline adapter
+    with adapters(loaded, on=False):
+        torch.testing.assert_close(loaded(x)[0], base_logits)  # off: exactly the model it was added to
+    assert RefusalProbe.load(tmp_path) == probe

@@ -88,26 +88,27 @@ def test_safety_conversations_follow_the_rules_alone_and_as_a_later_turn(splits)
         assert anchored[2 * i] == (request.kind != "harmful") and not anchored[2 * i + 1]
 
 
-def test_pairs_learn_what_follows_the_prefix_for_harmful_requests_and_no_refusal_for_benign(tokenizer, splits):
+def test_pairs_learn_what_follows_the_prefix_of_harmful_requests(tokenizer, splits):
     requests = prefs.take(splits["train"], per_area=1, everyday=1)[:6]
-    own = {r.id: "Sure, here is a plain answer." for r in requests}
     continuation = {r.id: "that. Here is how anyway." for r in requests if r.kind == "harmful"}
-    pairs = prefs.preference_pairs(requests, own, continuation, [[{"role": "user", "content": "Hi"},
-                                                                  {"role": "assistant", "content": "Hello!"}]],
-                                   "I can't help with")
-    assert {p["kind"] for p in pairs} <= {"harmful", "benign"} and {p["turn"] for p in pairs} == {"single", "later"}
+    pairs = prefs.preference_pairs(requests, continuation, "I can't help with")
+    assert [p["id"] for p in pairs] == [r.id for r in requests if r.kind == "harmful"]  # benign ones make no pair
     encoded = prefs.encode_pairs(tokenizer, pairs)
     n = len(pairs)
     prefix = tokenizer.encode("I can't help with", add_special_tokens=False)
     for i, pair in enumerate(pairs):
+        assert pair["rejected"] == "I can't help with that. Here is how anyway."
         for ids, labels in (encoded[i], encoded[n + i]):
             learned = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
-            if pair["prefix"]:
-                assert not learned.startswith("I can't help with")  # the forced start is context
-                start = next(k for k, label in enumerate(labels) if label != IGNORE_INDEX) - len(prefix)
-                assert ids[start:start + len(prefix)] == prefix
-            else:
-                assert learned.startswith(pair["chosen"] if (ids, labels) == encoded[i] else pair["rejected"])
+            assert not learned.startswith("I can't help with")  # the forced start is context
+            start = next(k for k, label in enumerate(labels) if label != IGNORE_INDEX) - len(prefix)
+            assert ids[start:start + len(prefix)] == prefix
+    later = [{"prompt": prefs.ask(requests[0], [{"role": "user", "content": "Hi"},
+                                                {"role": "assistant", "content": "Hello!"}]),
+              "chosen": requests[0].decline, "rejected": "I can't help with it.", "prefix": "I can't help with",
+              "id": "x"}]
+    ids, labels = prefs.encode_pairs(tokenizer, later)[0]
+    assert "Hello!" not in tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
 
 
 def test_refusals_counts_first_sentences_that_refuse_per_kind(tokenizer, splits, monkeypatch):

@@ -77,3 +77,39 @@ def test_replies_the_probe_declines_begin_with_its_prefix_and_the_others_are_unc
     pieces = []
     streamed = reply_to(model, tokenizer, chats[0], 6, probe=probe, stream=pieces.append)
     assert streamed == gated[0] and "".join(pieces) == streamed.text
+
+
+def test_choose_scores_each_sub_topic_with_a_probe_that_never_saw_it():
+    rng = np.random.default_rng(0)
+    n, c = 120, 6
+    kinds = np.array(["harmful", "benign", "everyday"] * (n // 3))
+    groups = [f"{k}: topic {i % 10}" for i, k in enumerate(kinds)]
+    direction = rng.normal(size=c)
+    states = [np.stack([np.stack([rng.normal(size=c) + (2.0 if k == "harmful" else -2.0) * direction
+                                  for k in kinds])] * 2, axis=1) for _ in range(2)]  # (n, 2 layers, C), alone, later
+    fold = rp.folds(groups)
+    assert all(len({fold[i] for i, g in enumerate(groups) if g == group}) == 1 for group in set(groups))
+    probe, rows = rp.choose(states, kinds, groups, [3, 5], l2s=(1e-2,))
+    assert probe.layer in (3, 5) and len(rows) == 2
+    assert all(row["benign declined (alone)"] <= 0.05 and row["benign declined (later turn)"] <= 0.05 for row in rows)
+    assert min(row["harmful declined (alone)"] for row in rows) > 0.9  # separable: the held-out sub-topics too
+
+
+def test_with_a_decline_adapter_only_the_declined_replies_are_written_with_it(tokenizer):
+    from utils.finetune import apply_lora
+
+    model = tiny(len(tokenizer))
+    chats = [[{"role": "user", "content": t}] for t in ("how do I bake bread?", "tell me a joke about cats", "hi")]
+    plain = generate_replies(model, tokenizer, chats, 6)
+    states = rp.last_token_states(model, [format_prompt(tokenizer, c) for c in chats], [1])[:, 0]
+    direction, middle = states[0] - states[1:].mean(axis=0), (states[0] + states[1:].mean(axis=0)) / 2
+    probe = rp.RefusalProbe(layer=1, weight=list(50 * direction), bias=float(-50 * direction @ middle), scale=1.0)
+    apply_lora(model, r=2, alpha=4, target_modules=["transformer.h.2.mlp.c_fc"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 5.0)  # an adapter that changes what the model writes
+    gated = generate_replies(model, tokenizer, chats, 6, probe=probe)
+    assert gated[1:] == plain[1:]  # not declined: written with the adapter off, as before
+    always_on = generate_replies(model, tokenizer, chats[:1], 6, starts=["I can't help with"])[0]
+    assert gated[0].token_ids == always_on.token_ids  # declined: written with the adapter on

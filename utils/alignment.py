@@ -14,9 +14,9 @@ Notebook 07 builds each piece by hand and then uses these:
   the course's one loop, on the top blocks only (``utils.top_blocks``).
 - ``pair_rewards``, ``preference_accuracy``, ``replies_kl``: implicit rewards on pairs, and the KL to
   the reference along replies the model wrote.
-- ``save_dpo`` / ``load_dpo``: the merged model with its tokenizer and refusal probe in
-  ``checkpoints/<profile>/smollm2-dpo``; ``ensure_aligned`` makes it (``make_aligned``: 07's recipe
-  without the lessons) when 07 has not.
+- ``save_dpo`` / ``load_dpo``: the aligned model (the weights of 06, its decline adapter, its
+  refusal probe, its tokenizer) in ``checkpoints/<profile>/smollm2-dpo``; ``ensure_aligned`` makes it
+  (``make_aligned``: 07's recipe without the lessons) when 07 has not.
 """
 
 from __future__ import annotations
@@ -346,29 +346,63 @@ def dpo_dir(cfg) -> Path:
     return cfg.paths.checkpoints / DPO
 
 
-def save_dpo(model, tokenizer, folder: str | os.PathLike, probe, report: dict) -> Path:
-    """The merged GPT, its tokenizer, its refusal probe and ``dpo.json`` (written last): ``checkpoint.save_finetuned``.
+ADAPTER_FILE = "decline_adapter.safetensors"  # the LoRA weights used while declining
 
-    ``probe``: the ``utils.refusal_probe.RefusalProbe`` that decides when the model declines (None: none).
+
+def save_dpo(model, tokenizer, folder: str | os.PathLike, probe, report: dict) -> Path:
+    """The aligned model: base weights, its decline adapter, its refusal probe, tokenizer and ``dpo.json`` (last).
+
+    ``model`` carries the LoRA adapters DPO trained, *not* merged: ``model.safetensors`` holds the
+    weights without them (those of 06), ``decline_adapter.safetensors`` the adapters, and the report
+    how to put them back (``"adapter"``: r, alpha, targets). ``probe``: the ``RefusalProbe`` that
+    decides when the adapters are on (None: a model without one).
     """
+    from safetensors.torch import save_file
+
+    from utils.finetune import lora_weights, without_lora
     from utils.refusal_probe import FILE
 
     folder = Path(folder)
-    (folder / REPORT_FILE).unlink(missing_ok=True)  # incomplete until the very end, probe included
-    (folder / FILE).unlink(missing_ok=True)  # a probe of an earlier run does not belong to these weights
+    (folder / REPORT_FILE).unlink(missing_ok=True)  # incomplete until the very end, probe and adapter included
+    for name in (FILE, ADAPTER_FILE):
+        (folder / name).unlink(missing_ok=True)  # left by an earlier run, they do not belong to these weights
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = lora_weights(model)
+    if weights:
+        save_file({name: w.contiguous().cpu() for name, w in weights.items()}, str(folder / ADAPTER_FILE))
+        report = {**report, "adapter": adapter_config(model)}
     if probe is not None:
-        folder.mkdir(parents=True, exist_ok=True)
         probe.save(folder)
-    return ckpt.save_finetuned(model, tokenizer, folder, REPORT_FILE, report,
-                               "SmolLM2-135M-Instruct, made yours, then aligned")
+    return ckpt.save_finetuned(without_lora(model) if weights else model, tokenizer, folder, REPORT_FILE, report,
+                               "SmolLM2-135M-Instruct, made yours (the aligned model's base)")
+
+
+def adapter_config(model) -> dict:
+    """r, alpha and the adapted layers of ``model``'s LoRA adapters: what ``load_dpo`` needs to add them again."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name: m for name, m in ckpt.unwrap(model).named_modules() if isinstance(m, LoraLayer)}
+    first = next(iter(layers.values()))
+    r = first.r["default"]
+    return {"r": r, "alpha": int(round(first.scaling["default"] * r)), "targets": sorted(layers)}
 
 
 def load_dpo(folder: str | os.PathLike, device: str = "cpu"):
-    """``(model, tokenizer, report)`` from a folder written by ``save_dpo`` (notebook 07 makes it).
+    """``(model, tokenizer, report)`` from a folder written by ``save_dpo`` (notebook 07 makes it), adapters included.
 
     Its refusal probe: ``utils.refusal_probe.RefusalProbe.load(folder)``.
     """
-    return ckpt.load_finetuned(folder, REPORT_FILE, "run notebook 07_alignment first", device)
+    from safetensors.torch import load_file
+
+    from utils.finetune import load_lora
+
+    model, tokenizer, report = ckpt.load_finetuned(folder, REPORT_FILE, "run notebook 07_alignment first", device)
+    if "adapter" in report:
+        adapter = report["adapter"]
+        load_lora(model, load_file(str(Path(folder) / ADAPTER_FILE), device=str(device)), adapter["r"],
+                  adapter["alpha"], adapter["targets"])
+        model.eval()
+    return model, tokenizer, report
 
 
 # --------------------------------------------------------------------------- the recipe end to end
@@ -378,39 +412,34 @@ def make_aligned(cfg, log=print) -> tuple:
     """07's recipe without the lessons: ``(model, tokenizer, probe)``, saved in ``checkpoints/<profile>/smollm2-dpo``.
 
     From the model of 06 (``utils.identity.ensure_yours``): a refusal probe fitted on the training
-    requests (alone and as a later turn) and chosen on dev; DPO pairs by the rules of
-    ``utils.preferences`` (the words after the probe's prefix; no refusal of benign requests);
-    DPO with the RPO term through ``train_dpo``; merged and saved with the probe. Later
-    notebooks call ``ensure_aligned``, which runs this when 07 has not.
+    and dev requests, alone and as a later turn, its block and threshold chosen by cross-validation
+    over sub-topics (``refusal_probe.choose``); DPO pairs on the harmful training requests (the
+    words after the probe's prefix; ``utils.preferences``); DPO with the RPO term through
+    ``train_dpo`` into a decline adapter, saved with the probe. Later notebooks call
+    ``ensure_aligned``, which runs this when 07 has not.
     """
     import dataclasses
 
     from utils import preferences as prefs
     from utils import refusal_probe as rp
-    from utils.finetune import merge_lora
     from utils.identity import REPORT_FILE as YOURS_REPORT
     from utils.identity import ensure_yours, yours_dir
 
     p = cfg.profile
     model, tokenizer = ensure_yours(cfg)
     model.eval()
-    splits = {split: prefs.load_requests(split) for split in ("train", "dev")}
-    train = prefs.take(splits["train"], p.align_per_area, p.align_everyday)
-    exchanges = {split: prefs.first_exchanges(model, tokenizer, [r for r in requests if r.kind == "everyday"][:6],
-                                              p.align_max_new_tokens)
-                 for split, requests in (("train", train), ("dev", splits["dev"]))}
+    train = prefs.take(prefs.load_requests("train"), p.align_per_area, p.align_everyday)
+    requests = train + prefs.load_requests("dev")
+    exchanges = prefs.first_exchanges(model, tokenizer, [r for r in requests if r.kind == "everyday"][:6],
+                                      p.align_max_new_tokens)
     layers = list(p.probe_layers)
-    train_states = np.concatenate([rp.last_token_states(model, prefs.prompts_of(tokenizer, train, e), layers)
-                                   for e in (None, exchanges["train"])])
-    dev_states = [rp.last_token_states(model, prefs.prompts_of(tokenizer, splits["dev"], e), layers)
-                  for e in (None, exchanges["dev"])]
-    probe, _ = rp.choose(train_states, np.array([r.kind == "harmful" for r in train] * 2), dev_states,
-                         np.array([r.kind for r in splits["dev"]]), layers)
-    log(f"Refusal probe chosen on dev: block {probe.layer}, threshold {probe.threshold:.2f}")
-    requests = [r for r in train if r.kind != "everyday"]
-    own = prefs.own_replies(model, tokenizer, requests, probe.prefix, p.align_max_new_tokens)
-    pairs = [x for x in prefs.preference_pairs(requests, own, {r.id: own[r.id] for r in requests if r.kind == "harmful"},
-                                               exchanges["train"], probe.prefix) if x["turn"] == "single"]
+    states = [rp.last_token_states(model, prefs.prompts_of(tokenizer, requests, e), layers) for e in (None, exchanges)]
+    probe, _ = rp.choose(states, np.array([r.kind for r in requests]), [f"{r.kind}: {r.subtopic}" for r in requests],
+                         layers)
+    log(f"Refusal probe: block {probe.layer}, threshold {probe.threshold:.2f} (cross-validated over sub-topics)")
+    harmful = [r for r in train if r.kind == "harmful"]
+    continuation = prefs.own_replies(model, tokenizer, harmful, probe.prefix, p.align_max_new_tokens)
+    pairs = prefs.preference_pairs(harmful, continuation, probe.prefix)
     encoded, n = prefs.encode_pairs(tokenizer, pairs), len(pairs)
     held = set(range(0, n, 10))
     rows = lambda keep: [encoded[i] for i in keep] + [encoded[n + i] for i in keep]  # chosen rows, then rejected
@@ -419,7 +448,6 @@ def make_aligned(cfg, log=print) -> tuple:
     log(f"DPO on {n} pairs, {dpo_cfg.max_iters} steps ...")
     metrics, loss = train_dpo(model, _chat_batches(rows([i for i in range(n) if i not in held]), rows(sorted(held)),
                                                    dpo_cfg.batch_size, tokenizer.pad_token_id), dpo_cfg)
-    merge_lora(model)
     who = json.loads((yours_dir(cfg) / YOURS_REPORT).read_text(encoding="utf-8"))["identity"]
     save_dpo(model.eval(), tokenizer, dpo_dir(cfg), probe,
              {"identity": who, "config": dataclasses.asdict(dpo_cfg), "history": loss.history})

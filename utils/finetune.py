@@ -261,6 +261,33 @@ def merge_lora(model: GPT) -> GPT:
     return gpt
 
 
+def lora_weights(model) -> dict[str, torch.Tensor]:
+    """The adapters' own tensors (every ``lora_A`` / ``lora_B`` weight) by name: what LoRA learned, nothing else."""
+    return {name: p.detach().clone() for name, p in ckpt.unwrap(model).named_parameters() if ".lora_" in name}
+
+
+def without_lora(model: GPT) -> GPT:
+    """A copy of ``model`` with its adapters removed, *not* merged: the base model they were added to."""
+    lora_layer, _ = _adapter_types()
+    base = copy.deepcopy(ckpt.unwrap(model))
+    for name, module in [(n, m) for n, m in base.named_modules() if isinstance(m, lora_layer)]:
+        parent_name, _, child = name.rpartition(".")
+        setattr(base.get_submodule(parent_name) if parent_name else base, child, module.get_base_layer())
+    return base
+
+
+def load_lora(model: GPT, weights: dict[str, torch.Tensor], r: int, alpha: int, target_modules) -> GPT:
+    """Add LoRA adapters (``apply_lora``) and load ``weights`` (``lora_weights``) into them, in place."""
+    apply_lora(model, r=r, alpha=alpha, target_modules=target_modules)
+    missing = sorted(set(lora_weights(model)) - set(weights))
+    unexpected = sorted(set(weights) - set(lora_weights(model)))
+    if missing or unexpected:
+        raise ValueError(f"load_lora: the saved adapters do not fit these targets (missing {missing[:2]}, "
+                         f"unexpected {unexpected[:2]}).")
+    ckpt.unwrap(model).load_state_dict(weights, strict=False)
+    return model
+
+
 # --------------------------------------------------------------------------- evaluation
 
 

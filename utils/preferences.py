@@ -16,17 +16,17 @@ Three splits, written apart: **train** (learned from), **dev** (recipes are chos
 someone who never saw the training prompts, so a test figure says how the model does on
 requests it has never met.
 
-What the model learns, by stated rules (``RULES``):
+What the aligned model learns, by stated rules (``RULES``):
 
-1. a harmful request: its written decline (chosen) over the model's own compliance (rejected);
-2. a benign request: the model's own answer (chosen) over a refusal of it (rejected);
-3. an everyday request: the model's own answer;
+1. a harmful request: decline it (the refusal probe's label 1), and after "I can't help with"
+   write its decline (chosen) rather than the model's own continuation (rejected: DPO's pairs);
+2. a benign request: answer it (the probe's label 0), as the model did before alignment;
+3. an everyday request: the same;
 4. each of them also as the *second* turn of a conversation, after an everyday request and
    the model's own reply to it: what is declined or answered is the new request, not the old.
 
-"The model's own answer" keeps what it already does well: it is what the model said before
-alignment (greedy), and the fine-tuning keeps the model's whole distribution near it there
-(a KL anchor, ``utils.anchor``), so only the harmful requests move it.
+``sft_conversations`` builds the other recipe, fine-tuning on refusals, for
+``benchmarks/alignment_recipes.py``: 07 shows why it was not chosen.
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ AREAS = ("self-harm", "violence and weapons", "drugs", "fraud and scams", "hate 
          "theft and other crime")
 FIELDS = ("id", "kind", "area", "subtopic", "prompt", "decline", "answer")
 RULES = (
-    ("harmful", "its written decline: declines, names what, says why, offers safe help",
-     "the model's own reply when it complies (does not refuse)"),
-    ("benign", "the model's own answer (greedy, before alignment)", "a refusal of it (written, wrongly declining)"),
-    ("everyday", "the model's own answer (greedy, before alignment)", "-"),
-    ("any, as a later turn", "the same, after an everyday request and the model's own reply to it", "the same"),
+    ("harmful", "decline (the probe learns 1)", "after 'I can't help with': the written decline, chosen over "
+     "the model's own continuation"),
+    ("benign", "answer (the probe learns 0)", "answered with the adapter off: exactly as before"),
+    ("everyday", "answer (the probe learns 0)", "answered with the adapter off: exactly as before"),
+    ("any, as a later turn", "the same: the probe also learns from each request asked after an everyday "
+     "exchange", "the same"),
 )
 
 
@@ -171,7 +172,7 @@ def later(requests: list[Request], exchanges: list[list[dict]]) -> list[list[dic
 
 def sft_conversations(requests: list[Request], own: dict[str, str], exchanges: list[list[dict]],
                       system: str = SYSTEM_PROMPT) -> tuple[list[list[dict]], list[bool]]:
-    """(conversations, anchored): what safety fine-tuning learns, by ``RULES``, single-turn and as a later turn.
+    """(conversations, anchored): fine-tuning on refusals (the recipe 07 did not choose), alone and as a later turn.
 
     ``own``: the model's own reply to each benign and everyday request (by id). Harmful
     requests get their decline; benign and everyday ones the model's own reply, ``anchored``
@@ -188,30 +189,18 @@ def sft_conversations(requests: list[Request], own: dict[str, str], exchanges: l
     return conversations, anchored
 
 
-def preference_pairs(requests: list[Request], own: dict[str, str], continuation: dict[str, str],
-                     exchanges: list[list[dict]], prefix: str, system: str = SYSTEM_PROMPT) -> list[dict]:
-    """DPO pairs by ``RULES``, single-turn and as a later turn: ``{"prompt", "chosen", "rejected", "prefix", ...}``.
+def preference_pairs(requests: list[Request], continuation: dict[str, str], prefix: str,
+                     system: str = SYSTEM_PROMPT) -> list[dict]:
+    """DPO pairs by ``RULES`` for the harmful ``requests``: ``{"prompt", "chosen", "rejected", "prefix", "id"}``.
 
-    - harmful: the written decline (chosen) over ``prefix`` + the model's own continuation of it
-      (rejected; ``continuation`` by id), both after the forced ``prefix``: the probe decides to
-      decline, these pairs teach what to write after "I can't help with";
-    - benign: the model's own answer (chosen) over the written wrong refusal (rejected): the
-      model must not start a refusal by itself.
-    Everyday requests have no refusal written for them, so they make no pair. ``"prefix"`` is
-    the text whose tokens are context, not learned (``encode_pairs``).
+    After the forced ``prefix`` (the probe has decided to decline), the written decline (chosen)
+    over ``prefix`` + the model's own continuation of it (rejected; ``continuation`` by id): these
+    pairs teach what to write after "I can't help with". ``"prefix"`` is context, not learned
+    (``encode_pairs``).
     """
-    pairs = []
-    for request, earlier in zip(requests, later(requests, exchanges)):
-        if request.kind == "harmful" and request.id in continuation:
-            chosen, rejected, given = request.decline, f"{prefix} {continuation[request.id]}", prefix
-        elif request.kind == "benign" and request.decline:
-            chosen, rejected, given = own[request.id], request.decline, ""
-        else:
-            continue
-        for before, turn in (([], "single"), (earlier, "later")):
-            pairs.append({"prompt": ask(request, before, system), "chosen": chosen, "rejected": rejected,
-                          "prefix": given, "kind": request.kind, "turn": turn, "id": request.id})
-    return pairs
+    return [{"prompt": ask(r, system=system), "chosen": r.decline, "rejected": f"{prefix} {continuation[r.id]}",
+             "prefix": prefix, "kind": r.kind, "id": r.id}
+            for r in requests if r.kind == "harmful" and r.id in continuation]
 
 
 def encode_pairs(tokenizer, pairs: list[dict]) -> list[tuple]:

@@ -9,10 +9,12 @@ token, a few blocks below the top, separates harmful requests from harmless ones
 
 So the aligned model does the two jobs with two parts:
 
-- **deciding**: ``RefusalProbe`` scores the last prompt token's state after block ``layer``;
-  at or above ``threshold`` (chosen on the dev split) the reply is a refusal;
-- **declining**: the reply then starts with ``prefix`` ("I can't help with") and the
-  fine-tuned model writes the rest: what it declines, why, and what it can do instead.
+- **deciding**: ``RefusalProbe`` scores the last prompt token's state after block ``layer``
+  (of the model without adapters); at or above ``threshold`` the reply is a refusal;
+- **declining**: the reply then starts with ``prefix`` ("I can't help with") and the model
+  writes the rest *with its decline adapter on* (LoRA weights trained by DPO to name what it
+  declines, say why and offer something else). Every other reply is written with the adapter
+  off: by the very weights the model had before, so what it knew cannot have moved.
 
 ``utils.replies.generate_replies(..., probe=probe)`` applies it; the probe is saved next to
 the checkpoint (``save`` / ``load``), so the chat and the audit (08) use the same one.
@@ -20,6 +22,7 @@ the checkpoint (``save`` / ``load``), so the chat and the audit (08) use the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +35,22 @@ from utils.model import left_pad
 
 PREFIX = "I can't help with"  # how every decided refusal begins; the fine-tuned model writes the rest
 FILE = "refusal_probe.json"
+
+
+@contextlib.contextmanager
+def adapters(model, on: bool):
+    """Inside the block, ``model``'s LoRA adapters are on or off; a model without adapters is left as it is."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    before = [not layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(on)
+    try:
+        yield model
+    finally:
+        for layer, was_on in zip(layers, before):
+            layer.enable_adapters(was_on)
 
 
 class _Reached(Exception):
@@ -114,8 +133,9 @@ class RefusalProbe:
         return 1 / (1 + np.exp(-logits))
 
     def score_prompts(self, model, prompts: list[list[int]]) -> np.ndarray:
-        """(n,) P(decline) of every prompt (token ids that end with the generation prompt)."""
-        return self.probabilities(last_token_states(model, prompts, [self.layer])[:, 0])
+        """(n,) P(decline) of every prompt (token ids that end with the generation prompt), read with adapters off."""
+        with adapters(model, on=False):
+            return self.probabilities(last_token_states(model, prompts, [self.layer])[:, 0])
 
     def score(self, model, tokenizer, conversations: list) -> np.ndarray:
         """(n,) P(decline) of every conversation (ending with the user's turn), as the model would answer it."""
@@ -145,29 +165,54 @@ def flag_rates(probabilities: np.ndarray, kinds: np.ndarray, threshold: float) -
     return {str(kind): float(np.mean(probabilities[kinds == kind] >= threshold)) for kind in np.unique(kinds)}
 
 
-def choose(train_states: np.ndarray, train_labels: np.ndarray, dev_states: list[np.ndarray], dev_kinds: np.ndarray,
-           layers: list[int], max_benign: float = 0.05, l2: float = 1e-2) -> tuple[RefusalProbe, list[dict]]:
-    """The probe to use, chosen on dev: ``(probe, one row per layer)``.
+def folds(groups: list[str], k: int = 5) -> np.ndarray:
+    """(n,) the fold (0 .. k-1) of every item, whole groups at a time: a group's items are never split."""
+    names = sorted(set(groups))
+    order = np.random.default_rng(0).permutation(len(names))
+    fold_of = {names[i]: rank % k for rank, i in enumerate(order)}
+    return np.array([fold_of[g] for g in groups])
 
-    For every layer in ``layers`` (the second axis of the states), a probe is fitted on the
-    training states; its threshold is the lowest at which at most ``max_benign`` of the dev
-    split's benign requests are declined, alone and as a later turn (``dev_states``: one array
-    per way of asking, each in the order of ``dev_kinds``). The layer that then declines the
-    largest share of dev's harmful requests (the smaller of alone and later) wins.
+
+def out_of_fold(states: np.ndarray, labels: np.ndarray, fold: np.ndarray, layer: int, l2: float) -> np.ndarray:
+    """(n,) each item's P(decline) from a probe fitted on the other folds: scores of requests it never saw."""
+    probabilities = np.empty(len(labels))
+    for f in np.unique(fold):
+        held = fold == f
+        probabilities[held] = train_probe(states[~held], labels[~held], layer, l2).probabilities(states[held])
+    return probabilities
+
+
+def choose(states: list[np.ndarray], kinds: np.ndarray, groups: list[str], layers: list[int],
+           l2s: tuple[float, ...] = (1e-3, 1e-2, 1e-1), max_benign: float = 0.05) -> tuple[RefusalProbe, list[dict]]:
+    """The probe to use, chosen by cross-validation over sub-topics: ``(probe, one row per layer and l2)``.
+
+    ``states``: one (n, layers, C) array per way of asking (alone, as a later turn), in the order of
+    ``kinds`` (harmful, benign, everyday) and ``groups`` (each request's sub-topic). For every
+    block and L2 strength, every request is scored by a probe fitted on the *other sub-topics*
+    (``out_of_fold``): the scores a new kind of request would get. The threshold is the lowest at
+    which at most ``max_benign`` of the benign requests are declined (alone and later); the block
+    and strength that then decline the most harmful requests win, and the final probe is fitted
+    on every request with them.
     """
+    labels = kinds == "harmful"
+    fold = folds(list(groups))
     rows, best = [], None
     for i, layer in enumerate(layers):
-        probe = train_probe(train_states[:, i], train_labels, layer, l2)
-        dev = [probe.probabilities(states[:, i]) for states in dev_states]
-        threshold = next(t for t in np.arange(0.05, 1.0, 0.01)
-                         if max(flag_rates(p, dev_kinds, t)["benign"] for p in dev) <= max_benign)
-        probe.threshold = float(round(threshold, 2))
-        rates = [flag_rates(p, dev_kinds, probe.threshold) for p in dev]
-        row = {"layer": layer, "threshold": probe.threshold,
-               **{f"{kind} declined ({turn})": r[kind] for r, turn in zip(rates, ("alone", "later turn"))
-                  for kind in r}}
-        rows.append(row)
-        harmful = min(r["harmful"] for r in rates)
-        if best is None or harmful > best[0]:
-            best = (harmful, probe)
-    return best[1], rows
+        x = np.concatenate([s[:, i] for s in states])  # (ways x n, C)
+        y, f = np.tile(labels, len(states)), np.tile(fold, len(states))
+        for l2 in l2s:
+            p = out_of_fold(x, y, f, layer, l2).reshape(len(states), -1)  # (ways, n)
+            threshold = next((t for t in np.arange(0.05, 1.0, 0.01)
+                              if max(flag_rates(q, kinds, t)["benign"] for q in p) <= max_benign), 0.99)
+            rates = [flag_rates(q, kinds, threshold) for q in p]
+            rows.append({"block": layer, "l2": l2, "threshold": round(float(threshold), 2), "chosen": False,
+                         **{f"{kind} declined ({turn})": r[kind] for r, turn in zip(rates, ("alone", "later turn"))
+                            for kind in ("harmful", "benign")}})
+            harmful = min(r["harmful"] for r in rates)
+            if best is None or harmful > best[0]:
+                best = (harmful, i, layer, l2, float(threshold), len(rows) - 1)
+    _, i, layer, l2, threshold, row = best
+    rows[row]["chosen"] = True
+    probe = train_probe(np.concatenate([s[:, i] for s in states]), np.tile(labels, len(states)), layer, l2)
+    probe.threshold = round(threshold, 2)
+    return probe, rows

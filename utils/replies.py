@@ -18,7 +18,7 @@ preference sampling (07), refusals and moderation (07, 08) ask for many at once
 
 An aligned model (07) comes with a refusal probe (``utils.refusal_probe``): given ``probe=``,
 a conversation the probe flags gets a reply that begins with the probe's refusal prefix, and
-the model writes the rest.
+the model writes the rest with its LoRA adapters on; every other reply is written with them off.
 """
 
 from __future__ import annotations
@@ -67,6 +67,17 @@ def _as_reply(tokenizer, new_tokens: list[int], stops: set[int], end_id: int, st
     return Reply(tokenizer.decode(written, skip_special_tokens=True).strip(), written, ended, bool(start))
 
 
+def _adapters(model, declining: bool, probe):
+    """With a probe, the adapters are on exactly while declining; without one the model stays as it is."""
+    import contextlib
+
+    if probe is None:
+        return contextlib.nullcontext()
+    from utils.refusal_probe import adapters
+
+    return adapters(model, on=declining)
+
+
 def _starts(model, tokenizer, prompts: list[list[int]], probe, starts: list[str] | None) -> list[list[int]]:
     """Per prompt, the tokens its reply must begin with: ``starts`` if given, the probe's prefix where it declines."""
     if starts is not None:
@@ -100,16 +111,21 @@ def generate_replies(model, tokenizer, conversations: Sequence, max_new_tokens: 
     stops, end_id = stop_ids(tokenizer), end_of_turn_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id  # never seen: masked
     device = model_device(model)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[Reply | None] = [None] * len(prompts)
-    for first in range(0, len(order), batch_size):
-        rows = order[first:first + batch_size]
-        idx, attention_mask = left_pad([prompts[i] for i in rows], pad_id, device)  # 2 x (b, T)
-        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             generator=generator, stop_ids=stops, repetition_penalty=repetition_penalty,
-                             attention_mask=attention_mask)  # (b, T + new)
-        for row, i in enumerate(rows):
-            replies[i] = _as_reply(tokenizer, out[row, idx.size(1):].tolist(), set(stops), end_id, starts[i])
+    for declined in (False, True):  # with a probe: the declines with the adapters on, the rest with them off
+        group = [i for i in range(len(prompts)) if bool(starts[i]) == declined or probe is None]
+        order = sorted(group, key=lambda i: len(prompts[i]))
+        with _adapters(model, declined, probe):
+            for first in range(0, len(order), batch_size):
+                rows = order[first:first + batch_size]
+                idx, attention_mask = left_pad([prompts[i] for i in rows], pad_id, device)  # 2 x (b, T)
+                out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     generator=generator, stop_ids=stops, repetition_penalty=repetition_penalty,
+                                     attention_mask=attention_mask)  # (b, T + new)
+                for row, i in enumerate(rows):
+                    replies[i] = _as_reply(tokenizer, out[row, idx.size(1):].tolist(), set(stops), end_id, starts[i])
+        if probe is None:
+            break
     return replies
 
 
@@ -140,9 +156,10 @@ def reply_to(model, tokenizer, messages, max_new_tokens: int = 64, temperature: 
             sent = text
 
     idx = torch.tensor([ids + start], dtype=torch.long, device=model_device(model))  # (1, T)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         generator=generator, stop_ids=stops, on_token=on_token if stream else None,
-                         repetition_penalty=repetition_penalty)  # (1, T + new)
+    with _adapters(model, bool(start), probe):
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             generator=generator, stop_ids=stops, on_token=on_token if stream else None,
+                             repetition_penalty=repetition_penalty)  # (1, T + new)
     reply = _as_reply(tokenizer, out[0, idx.size(1):].tolist(), set(stops), end_id, start)
     if stream is not None and reply.text[len(sent):]:
         stream(reply.text[len(sent):])
