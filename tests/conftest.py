@@ -25,3 +25,20 @@ def make_hf_gpt2():
         return GPT2LMHeadModel(config).eval()
 
     return build
+
+
+# A chat template of its own, as SmolLM2 has: <|im_start|>role\ntext<|im_end|>\n, eos = <|im_end|>.
+IM_TEMPLATE = ("{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+               "'<|im_end|>\n' -}}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
+               "{%- endif -%}")
+
+
+@pytest.fixture(scope="module")
+def own_template():
+    """A tokenizer with its own chat format (no course tokens), like SmolLM2's: GPT-2's BPE, <|im_start|> and <|im_end|>."""
+    from utils.tokenization import gpt2_reference_tokenizer
+
+    tokenizer = gpt2_reference_tokenizer()
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = IM_TEMPLATE
+    return tokenizer

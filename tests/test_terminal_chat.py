@@ -10,27 +10,15 @@ from tools import chat
 from utils import checkpoint as ckpt
 from utils.chat import add_chat_tokens, format_prompt
 from utils.model import GPT, GPTConfig
-from utils.tokenization import gpt2_reference_tokenizer, train_course_tokenizer
+from utils.tokenization import train_course_tokenizer
 
 TEXTS = ["hello there, how are you today?", "i am fine, thanks for asking!", "what do you like to do?"] * 5
-# A chat template of its own, as SmolLM2 has: <|im_start|>role\ntext<|im_end|>\n, eos = <|im_end|>.
-IM_TEMPLATE = ("{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-               "'<|im_end|>\n' -}}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
-               "{%- endif -%}")
 
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
     return add_chat_tokens(train_course_tokenizer(TEXTS, 300, tmp_path_factory.mktemp("tok")))
 
-
-@pytest.fixture(scope="module")
-def own_template():
-    """A tokenizer with its own chat format (no course tokens), like SmolLM2's."""
-    tokenizer = gpt2_reference_tokenizer()
-    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]})
-    tokenizer.chat_template = IM_TEMPLATE
-    return tokenizer
 
 
 def tiny(vocab_size, seed=0):
