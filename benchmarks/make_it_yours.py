@@ -85,13 +85,17 @@ def screen_facts(cfg, candidates: Path, out: Path) -> None:
     print(f"kept {len(lines)} of {len(questions)} in {out} ({score.seconds:.0f} s)")
 
 
-def training_data(identity: Identity, recipe, without: list[str], identity_file: Path | None) -> TrainingSet:
-    """``training_set`` with the parts named in ``without`` left out, or another identity file."""
+def training_data(identity: Identity, recipe, without: list[str], identity_file: Path | None,
+                  general_file: Path | None) -> TrainingSet:
+    """``training_set`` with the parts named in ``without`` left out, or other identity / everyday files
+    (an earlier version of a file, to measure what a change of it did)."""
     data = training_set(identity, recipe.later_turns)
     if identity_file:
         data.identity = load_conversations(identity_file, identity)
+    if general_file:
+        data.everyday = load_conversations(general_file, identity) + load_conversations(NAMES_FILE, identity)
     if "names" in without:
-        data.everyday = load_conversations(GENERAL_FILE, identity)
+        data.everyday = load_conversations(general_file or GENERAL_FILE, identity)
         names = {json.dumps(c) for c in load_conversations(NAMES_FILE, identity)}
         data.later_everyday = [c for c in data.later_everyday if json.dumps(c[:2]) not in names
                                and json.dumps(c[2:]) not in names]
@@ -209,12 +213,12 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the runs recorded so far and stop")
     parser.add_argument("--without", nargs="+", default=[], choices=PARTS, help="leave these out of the training data")
     parser.add_argument("--identity-file", type=Path, help="train on this file instead of data/identity/train.jsonl")
+    parser.add_argument("--general-file", type=Path, help="train on this file instead of data/identity/general.jsonl")
     for field in dataclasses.fields(config.Profile):  # --max-iters, --lora-layers ...: override the profile
         if field.name.startswith("identity_"):
             parser.add_argument("--" + field.name[len("identity_"):].replace("_", "-"), type=float, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--anchor-weight", type=float, default=None, help="KL anchor weight (0: none)")
-    parser.add_argument("--later-turns", type=int, default=None, help="two-turn conversations built of each kind")
     parser.add_argument("--seeds", type=int, nargs="+", help="fine-tune once per seed (default: the course's seed)")
     parser.add_argument("--threads", type=int, help="torch threads (default: the profile's); on a machine that "
                         "another job shares, fewer threads than cores avoids oversubscription")
@@ -241,12 +245,13 @@ def main() -> None:
                 recipe.lora_alpha = 2 * recipe.lora_rank
     print(recipe)
     identity = Identity(args.name, args.maker)
-    data = training_data(identity, recipe, args.without, args.identity_file)
+    data = training_data(identity, recipe, args.without, args.identity_file, args.general_file)
     rows = run(cfg, identity, recipe, data, args.seeds or [recipe.seed], args.show)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"label": args.label or "unnamed", "date": datetime.date.today().isoformat(), "commit": commit,
               "recipe": dataclasses.asdict(recipe), "without": args.without,
-              "identity_file": str(args.identity_file or ""), "conversations": len(data), "seeds": rows}
+              "identity_file": str(args.identity_file or ""), "general_file": str(args.general_file or ""),
+              "conversations": len(data), "seeds": rows}
     out = runs_file(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as f:

@@ -480,6 +480,9 @@ def test_later_turns_pair_different_one_turn_conversations_the_same_way_every_ti
     assert built == later_turns(everyday, everyday, 40, seed=3) != later_turns(everyday, everyday, 40, seed=4)
     assert all(len(c) == 4 and c[:2] in everyday and c[2:] in everyday and c[:2] != c[2:] for c in built)
     assert len({json.dumps(c) for c in built}) == 40  # no pair twice
+    assert len({json.dumps(c[:2]) for c in built}) == 40 and len({json.dumps(c[2:]) for c in built}) >= 36  # spread
+    many = later_turns(everyday, everyday, 3 * len(everyday))
+    assert max(sum(c[:2] == e for c in many) for e in everyday) <= 4  # spread: no first turn far more often
     onto_identity = later_turns(everyday, mine, 10)
     assert all(c[:2] in everyday and c[2:] in mine for c in onto_identity)
     assert all(len(c[2:]) == 2 for c in later_turns(mine, everyday, 200))  # multi-turn files conversations left out

@@ -71,6 +71,7 @@ class Profile:
     identity_lora_layers: int  # adapt only the last N of SmolLM2's 30 blocks: backpropagation stops there
     identity_eval_questions: int | None  # held-out and factual questions asked (each set); None = all
     identity_max_new_tokens: int  # reply budget per evaluation question (greedy)
+    identity_later_turns: int  # two-turn training conversations built of each kind (identity_data.later_turns)
     identity_long_reply_tokens: int  # 06's repetition-penalty demo: the length of one long greedy reply
     # 07 alignment: a refusal probe decides, DPO teaches the words (utils.preferences, refusal_probe, alignment)
     align_per_area: int | None  # training requests per harm area, harmful and benign each; None = all (20)
@@ -127,6 +128,7 @@ PROFILES = {
         identity_lora_layers=2,
         identity_eval_questions=3,
         identity_max_new_tokens=8,
+        identity_later_turns=4,
         identity_long_reply_tokens=48,
         align_per_area=1,
         align_everyday=2,
@@ -182,6 +184,7 @@ PROFILES = {
         identity_lora_layers=15,  # half the blocks: forgot no more than all 30 (3 seeds), trained in 2/3 the time
         identity_eval_questions=None,
         identity_max_new_tokens=32,
+        identity_later_turns=30,
         identity_long_reply_tokens=160,
         align_per_area=10,
         align_everyday=30,
@@ -233,6 +236,7 @@ PROFILES = {
         identity_lora_layers=15,  # half the blocks: forgot no more than all 30 (3 seeds), trained in 2/3 the time
         identity_eval_questions=None,
         identity_max_new_tokens=32,
+        identity_later_turns=30,
         identity_long_reply_tokens=160,
         align_per_area=None,
         align_everyday=None,

@@ -103,6 +103,7 @@ def identity_config(profile, seed: int = 1337, device: str = "cpu") -> IdentityC
         lora_layers=profile.identity_lora_layers,
         eval_questions=profile.identity_eval_questions,
         max_new_tokens=profile.identity_max_new_tokens,
+        later_turns=profile.identity_later_turns,
         seed=seed,
         progress=profile.progress,
         device=device,
@@ -220,17 +221,19 @@ def own_openers(model, tokenizer, max_new_tokens: int, system: str = SYSTEM_PROM
 
 
 def evaluate(model, tokenizer, questions: list[Question], max_new_tokens: int, system: str = SYSTEM_PROMPT,
-             earlier: list[list[dict]] | None = None) -> Score:
+             earlier: list[list[dict]] | None = None, probe=None) -> Score:
     """Ask every question (greedy) and score each reply with ``is_correct``.
 
     ``earlier``: exchanges (a user message and the reply to it) put before the questions in
     turn, so that each question is the *next* turn of a conversation: a model that answers the
     previous message again, or forgets itself after one exchange, fails here and not alone.
+    ``probe``: an aligned model's refusal probe (07), so that its declines count as they happen.
     """
     start = time.perf_counter()
     conversations = [with_system((earlier[i % len(earlier)] if earlier else []) +
                                  [{"role": "user", "content": q.question}], system) for i, q in enumerate(questions)]
-    replies = [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens)]
+    replies = [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens, batch_size=32,
+                                                probe=probe)]
     return Score(questions, replies, [is_correct(r, q) for r, q in zip(replies, questions)],
                  time.perf_counter() - start)
 
@@ -245,7 +248,7 @@ def bleed(model, tokenizer, identity: Identity, prompts: list[str], max_new_toke
     start = time.perf_counter()
     questions = [Question(question=p, must=[], topic="bleed") for p in prompts]
     conversations = [with_system([{"role": "user", "content": p}], system) for p in prompts]
-    replies = [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens)]
+    replies = [r.text for r in generate_replies(model, tokenizer, conversations, max_new_tokens, batch_size=32)]
     return Score(questions, replies, [not mentions_identity(r, identity) for r in replies],
                  time.perf_counter() - start)
 

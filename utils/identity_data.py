@@ -233,19 +233,33 @@ def later_turns(first: list[list[dict]], second: list[list[dict]], n: int, seed:
     """``n`` two-turn conversations: a whole conversation of ``first``, then the question and reply of one of ``second``.
 
     Asked as the second turn, a question must get *its* answer: a model trained only on
-    single turns often answers the first message again. Built from one-turn conversations
-    (``first`` and ``second`` may be the same list; a conversation is never paired with
-    itself, and no pair comes twice), drawn with ``seed``: the same lists give the same
-    conversations. Only the last reply is scored (``encode_last_reply``): the first is context.
+    single turns often answers the first message again, or goes on in the first one's style
+    (a poem). Built from one-turn conversations (``first`` and ``second`` may be the same
+    list): both are shuffled with ``seed`` and walked in step, so each conversation is used
+    as often as any other (the first ``n`` of them once each, when there are that many); a
+    conversation is never paired with itself, and no pair comes twice. The same lists and
+    seed give the same conversations. Only the last reply is scored (``encode_last_reply``).
     """
     first = [c for c in first if len(c) == 2]
     second = [c for c in second if len(c) == 2]
-    pairs = [(i, j) for i in range(len(first)) for j in range(len(second)) if first[i] != second[j]]
-    if n > len(pairs):
-        raise ValueError(f"later_turns: {n} conversations asked, but only {len(pairs)} different pairs of "
+    possible = sum(a != b for a in first for b in second)
+    if n > possible:
+        raise ValueError(f"later_turns: {n} conversations asked, but only {possible} different pairs of "
                          f"one-turn conversations exist ({len(first)} x {len(second)}).")
-    chosen = np.random.default_rng(seed).choice(len(pairs), size=n, replace=False)
-    return [first[pairs[k][0]] + second[pairs[k][1]] for k in sorted(chosen)]
+    rng = np.random.default_rng(seed)
+    firsts, seconds = rng.permutation(len(first)), rng.permutation(len(second))
+    built, seen, step, shift = [], set(), 0, 0
+    while len(built) < n:
+        i = int(firsts[step % len(first)])
+        for tries in range(len(second)):  # this first turn with the next second turn not yet paired with it
+            j = int(seconds[(step + shift) % len(second)])
+            if first[i] != second[j] and (i, j) not in seen:
+                seen.add((i, j))
+                built.append(first[i] + second[j])
+                break
+            shift += 1
+        step += 1
+    return built
 
 
 @dataclass
