@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from utils.cleaning import find_pii, mask_pii
+from utils.io import read_jsonl
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 LABELLED_PATH = FIXTURES / "toxicity_labelled.jsonl"
@@ -237,34 +238,24 @@ def precision_range(quality: dict, base_rate):
             precision_at_base_rate(recall.interval[1], fpr.interval[0], base_rate))
 
 
-def _read_jsonl(path: Path, fields: dict[str, tuple]) -> list[dict]:
-    """Rows of a JSONL file, each checked to have ``fields`` (name -> allowed types)."""
-    path = Path(path)
+def _read_rows(path: str | Path, fields: dict[str, tuple]) -> list[dict]:
+    """Rows of a JSONL file (``utils.io.read_jsonl``), each checked to have ``fields`` (name -> allowed types)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
+    for line_number, row in read_jsonl(path):
+        for field, types in fields.items():
+            if not isinstance(row.get(field), types):
+                example = json.dumps({field: "some text" if str in types else 0})
                 raise ValueError(
-                    f"{path}, line {line_number}: not valid JSON ({error.msg}); write one object per line."
-                ) from None
-            for field, types in fields.items():
-                if not isinstance(row.get(field), types):
-                    example = json.dumps({field: "some text" if str in types else 0})
-                    raise ValueError(
-                        f"{path}, line {line_number}: field {field!r} is missing or not "
-                        f"{' / '.join(t.__name__ for t in types)}; add it, e.g. {example}."
-                    )
-            rows.append(row)
+                    f"{path}, line {line_number}: field {field!r} is missing or not "
+                    f"{' / '.join(t.__name__ for t in types)}; add it, e.g. {example}."
+                )
+        rows.append(row)
     return rows
 
 
 def load_labelled(path: str | Path = LABELLED_PATH) -> pd.DataFrame:
     """The hand-labelled set: columns text, label (1 = toxic/offensive), note."""
-    rows = _read_jsonl(path, {"text": (str,), "label": (int,)})
+    rows = _read_rows(path, {"text": (str,), "label": (int,)})
     for i, row in enumerate(rows, start=1):
         if row["label"] not in (0, 1):
             raise ValueError(f"{path}: row {i} has label {row['label']}; labels are 0 (fine) or 1 (toxic).")
@@ -273,7 +264,7 @@ def load_labelled(path: str | Path = LABELLED_PATH) -> pd.DataFrame:
 
 def load_red_team(path: str | Path = RED_TEAM_PATH) -> pd.DataFrame:
     """Adversarial and benign prompts: columns prompt, kind ("red_team" or "benign")."""
-    rows = _read_jsonl(path, {"prompt": (str,), "kind": (str,)})
+    rows = _read_rows(path, {"prompt": (str,), "kind": (str,)})
     for i, row in enumerate(rows, start=1):
         if row["kind"] not in ("red_team", "benign"):
             raise ValueError(f"{path}: row {i} has kind {row['kind']!r}; use 'red_team' or 'benign'.")
