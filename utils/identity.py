@@ -64,7 +64,6 @@ from utils.identity_data import (
     training_set,
     with_system,
 )
-from utils.io import write_json_atomically
 from utils.replies import generate_replies
 from utils.top_blocks import TopBlocks, block_inputs
 
@@ -337,26 +336,12 @@ def yours_dir(cfg) -> Path:
 
 def save_yours(model, tokenizer, folder: str | os.PathLike, report: dict) -> Path:
     """The merged GPT (safetensors), its tokenizer in ``folder/tokenizer`` and ``identity.json``, written last."""
-    folder = Path(folder)
-    (folder / REPORT_FILE).unlink(missing_ok=True)  # incomplete until the very end
-    ckpt.save_model(model, folder, tokenizer_name="SmolLM2-135M-Instruct, made yours", vocab_size=len(tokenizer))
-    tokenizer.save_pretrained(str(folder / "tokenizer"))
-    write_json_atomically(folder / REPORT_FILE, report)
-    return folder
+    return ckpt.save_finetuned(model, tokenizer, folder, REPORT_FILE, report, "SmolLM2-135M-Instruct, made yours")
 
 
 def load_yours(folder: str | os.PathLike, device: str = "cpu"):
     """``(model, tokenizer, report)`` from a folder written by ``save_yours``."""
-    from transformers import AutoTokenizer
-
-    folder = Path(folder)
-    if not (folder / REPORT_FILE).exists():
-        raise FileNotFoundError(f"{folder / REPORT_FILE} does not exist: {folder} holds no finished "
-                                "'Make it yours' model; run ensure_yours(cfg) or python -m utils.identity.")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    model = ckpt.load_checkpoint(folder, tokenizer=tokenizer, device=device)
-    report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
-    return model, tokenizer, report
+    return ckpt.load_finetuned(folder, REPORT_FILE, "run ensure_yours(cfg) or python -m utils.identity", device)
 
 
 def ensure_yours(cfg, identity: Identity | None = None, device: str | None = None):
