@@ -291,7 +291,7 @@ def test_a_tiny_lora_fine_tune_trains_only_the_adapters_of_the_last_blocks(token
 @pytest.mark.parametrize("layout", ["llama", "gpt2"])
 def test_top_blocks_on_cached_states_give_the_whole_models_loss_and_gradients(tokenizer, one_thread, layout, layers):
     from utils.finetune import apply_lora
-    from utils.identity import lora_targets
+    from utils.finetune import lora_targets
     from utils.top_blocks import TopBlocks, block_inputs
 
     torch.manual_seed(0)
@@ -328,7 +328,7 @@ def test_top_blocks_on_cached_states_give_the_whole_models_loss_and_gradients(to
 def test_the_anchor_is_cross_entropy_plus_torchs_kl_on_anchored_rows_only(tokenizer, one_thread, lora_layers):
     from utils.anchor import AnchoredLoss, reference_log_probs
     from utils.finetune import apply_lora
-    from utils.identity import lora_targets
+    from utils.finetune import lora_targets
     from utils.top_blocks import TopBlocks, block_inputs
 
     model = tiny_gpt(len(tokenizer), n_layer=4)

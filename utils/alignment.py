@@ -215,8 +215,7 @@ def dpo_config(profile, seed: int = 1337, device: str = "cpu") -> DPOConfig:
 
 def add_lora(model, cfg: DPOConfig):
     """Fresh LoRA adapters (alpha = 2r) on the last ``cfg.lora_layers`` blocks; B starts at 0, so policy = reference."""
-    from utils.finetune import apply_lora
-    from utils.identity import lora_targets
+    from utils.finetune import apply_lora, lora_targets
 
     return apply_lora(model, r=cfg.lora_rank, alpha=2 * cfg.lora_rank,
                       target_modules=lora_targets(model, cfg.lora_layers))

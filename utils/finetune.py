@@ -42,6 +42,7 @@ from utils.model import GPT
 from utils.replies import generate_replies
 
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # every Linear inside the blocks (c_proj: attention and MLP)
+BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the same, by their names in a block
 
 
 # --------------------------------------------------------------------------- budgets
@@ -170,6 +171,14 @@ def save_chat_model(model, tokenizer, out_dir: str | os.PathLike, iters: int = 0
 
 
 # --------------------------------------------------------------------------- LoRA
+
+
+def lora_targets(model, layers: int) -> list[str]:
+    """Names of the Linear layers of the last ``layers`` blocks (``transformer.h.29.attn.c_attn``, ...)."""
+    n_layer = ckpt.unwrap(model).config.n_layer
+    if not 1 <= layers <= n_layer:
+        raise ValueError(f"lora_layers={layers}; the model has {n_layer} blocks, so use 1 .. {n_layer}.")
+    return [f"transformer.h.{i}.{name}" for i in range(n_layer - layers, n_layer) for name in BLOCK_LINEARS]
 
 
 def apply_lora(model: GPT, r: int = 8, alpha: int = 16, dropout: float = 0.0,

@@ -37,7 +37,7 @@ import torch
 from utils import checkpoint as ckpt
 from utils import training
 from utils.anchor import AnchoredLoss, reference_log_probs
-from utils.finetune import apply_lora, merge_lora, trainable_parameters
+from utils.finetune import apply_lora, lora_targets, merge_lora, trainable_parameters
 from utils.evaluation import Rate, rate
 from utils.identity_data import (
     BLEED_FILE,
@@ -69,7 +69,6 @@ from utils.top_blocks import TopBlocks, block_inputs
 
 YOURS = "smollm2-yours"  # the folder under cfg.paths.checkpoints
 REPORT_FILE = "identity.json"  # written last: a folder without it is incomplete and is rebuilt
-LORA_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every Linear of a block
 
 
 @dataclass
@@ -110,14 +109,6 @@ def identity_config(profile, seed: int = 1337, device: str = "cpu") -> IdentityC
 
 
 # --------------------------------------------------------------------------- LoRA and training
-
-
-def lora_targets(model, layers: int) -> list[str]:
-    """Names of the Linear layers of the last ``layers`` blocks (``transformer.h.29.attn.c_attn``, ...)."""
-    n_layer = ckpt.unwrap(model).config.n_layer
-    if not 1 <= layers <= n_layer:
-        raise ValueError(f"lora_layers={layers}; the model has {n_layer} blocks, so use 1 .. {n_layer}.")
-    return [f"transformer.h.{i}.{name}" for i in range(n_layer - layers, n_layer) for name in LORA_LINEARS]
 
 
 def add_lora(model, cfg: IdentityConfig):
