@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 from tools import course
-from tools.notebook_runner import first_line, run_notebook
+from tools.notebook_runner import first_line, run_notebook, static_progress_bars
 from utils.config import REPO_ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -219,3 +219,24 @@ def test_progress_line_says_cells_done_elapsed_and_the_running_cell():
     text = ProgressLine(io.StringIO()).text(progress)
     assert "12/40 cells" in text and "cell 25: widgets.interact(" in text
     assert re.search(r" 1:3\d ", text) and re.search(r"\(0:3\d in this cell\)", text)
+
+
+def test_a_stored_progress_bar_reads_as_it_ended_not_frozen_at_its_first_frame():
+    """tqdm's notebook bar is stored as its first frame; the saved widget state holds its last."""
+    view = {"model_id": "box", "version_major": 2, "version_minor": 0}
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("train()", outputs=[
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": view,
+                                                     "text/plain": "training:   0%|          | 0/90 [00:00<?, ?it/s]"}),
+        nbformat.v4.new_output("display_data", data={"text/plain": "0%| of something else"}),
+    ])])
+    states = {
+        "box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]}},
+        "l": {"model_name": "HTMLModel", "state": {"value": "training:\u2007100%"}},
+        "p": {"model_name": "FloatProgressModel", "state": {"value": 90.0, "max": 90.0}},
+        "r": {"model_name": "HTMLModel", "state": {"value": "\u200790/90\u2007[01:51&lt;00:00]"}},
+    }
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": states}}
+    assert static_progress_bars(notebook) == 1
+    bar, other = notebook.cells[0].outputs
+    assert bar["data"]["text/plain"] == "training: 100%|##########| 90/90 [01:51<00:00]"
+    assert other["data"]["text/plain"] == "0%| of something else"  # not a widget: left as it is

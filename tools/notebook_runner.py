@@ -21,6 +21,10 @@ the seconds it took. What it does differently from a plain ``nbclient`` run:
   log file, so the progress line stays clean.
 - **A per-cell time limit** with a message that names the notebook, the cell and
   what to do (``CellTimedOut``).
+- **Progress bars read as they ended.** A ``tqdm`` bar in a notebook is a widget whose
+  stored text is its first frame ("training:   0%|"), which GitHub shows as a frozen
+  bar; ``static_progress_bars`` replaces that text with the bar's last state, read from
+  the widget state the run saves ("training: 100%|##########| 90/90 [01:51<00:00]").
 - **Ctrl-C** cancels the run and shuts the kernel down at once; ``Interrupted`` says
   where it stopped. The kernel runs in a worker thread's event loop, so the main
   thread keeps Python's own Ctrl-C handling and shows progress meanwhile.
@@ -29,6 +33,7 @@ the seconds it took. What it does differently from a plain ``nbclient`` run:
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import os
 import shutil
@@ -130,6 +135,40 @@ def _client(notebook, timeout: int | None, cwd: Path, progress: Progress, ipc_di
     return client
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def progress_bar_text(states: dict, model_id: str) -> str | None:
+    """The last frame of a tqdm notebook bar (an HBox of text, progress, text) as plain text, else None."""
+    box = states.get(model_id, {})
+    children = [c.removeprefix("IPY_MODEL_") for c in box.get("state", {}).get("children", [])]
+    if box.get("model_name") != "HBoxModel" or len(children) != 3:
+        return None
+    left, bar, right = (states.get(c, {}) for c in children)
+    if bar.get("model_name") != "FloatProgressModel":
+        return None
+    value, total = bar["state"].get("value", 0), bar["state"].get("max") or 1
+    filled = max(0, min(10, round(10 * value / total)))
+    text = (f"{left.get('state', {}).get('value', '')}|{'#' * filled}{' ' * (10 - filled)}|"
+            f"{right.get('state', {}).get('value', '')}")
+    return html.unescape(text).replace("\u2007", " ")
+
+
+def static_progress_bars(notebook) -> int:
+    """Give every stored progress-bar widget its last frame as its text (see the module docstring); returns how many."""
+    states = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    changed = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            text = progress_bar_text(states, view["model_id"]) if view else None
+            if text is not None:
+                output["data"]["text/plain"] = text
+                changed += 1
+    return changed
+
+
 def clear_outputs(notebook) -> None:
     """Drop stored outputs and widget state, so a partial run never mixes this run's outputs with old ones."""
     for cell in notebook.cells:
@@ -194,6 +233,7 @@ def run_notebook(path: Path, out_path: Path, *, timeout: int | None, env: dict[s
         handler.close()
         if ipc_dir is not None:
             shutil.rmtree(ipc_dir, ignore_errors=True)
+        static_progress_bars(notebook)
         nbformat.write(notebook, out_path)
 
     name = path.name
