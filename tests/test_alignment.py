@@ -396,7 +396,7 @@ def test_the_aligned_model_saves_its_base_weights_decline_adapter_and_probe_and_
     alignment.save_dpo(model, tokenizer, tmp_path, probe, {"identity": {"name": "Pip"}})
     loaded, _, report = alignment.load_dpo(tmp_path)
     assert report["adapter"]["r"] == 4 and report["adapter"]["alpha"] == 8
-    torch.testing.assert_close(loaded(x)[0], with_adapter)  # adapters on: the decline adapter
-    with adapters(loaded, on=False):
-        torch.testing.assert_close(loaded(x)[0], base_logits)  # off: exactly the model it was added to
+    torch.testing.assert_close(loaded(x)[0], base_logits)  # loaded with the adapters off: the model they were added to
+    with adapters(loaded, on=True):
+        torch.testing.assert_close(loaded(x)[0], with_adapter)  # on (while declining): the decline adapter
     assert RefusalProbe.load(tmp_path) == probe

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None, root: Path = REPO_ROOT) -> int:
                 model, tokenizer, description, probe = load_smollm2_chat(device, root=root, which=args.model)
             else:
                 model, tokenizer = load_chat_model(_folder(args.checkpoint, root), device=device)
-                description = f"the model in {args.checkpoint}"
+                description = f"the model in {_shown(Path(args.checkpoint), root)}"
         except (FileNotFoundError, ProfileError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -387,7 +387,7 @@ def adapter_config(model) -> dict:
 
 
 def load_dpo(folder: str | os.PathLike, device: str = "cpu"):
-    """``(model, tokenizer, report)`` from a folder written by ``save_dpo`` (notebook 07 makes it), adapters included.
+    """``(model, tokenizer, report)`` from a folder written by ``save_dpo`` (notebook 07 makes it), adapters included, off.
 
     Its refusal probe: ``utils.refusal_probe.RefusalProbe.load(folder)``.
     """
@@ -400,6 +400,8 @@ def load_dpo(folder: str | os.PathLike, device: str = "cpu"):
         adapter = report["adapter"]
         load_lora(model, load_file(str(Path(folder) / ADAPTER_FILE), device=str(device)), adapter["r"],
                   adapter["alpha"], adapter["targets"])
+        for layer in adapter_layers(model):  # off: the weights of 06, except while the probe's declines are written
+            layer.enable_adapters(False)     # (utils.replies switches them on there); likelihoods score the same model
         model.eval()
     return model, tokenizer, report
 
