@@ -19,10 +19,6 @@ FORBIDDEN = {
     "a pandas Styler repr": re.compile(r"Styler at 0x"),
     "a tqdm bar frozen at 0%": re.compile(r"(?<!\d)0%\|"),
 }
-RERUN_PENDING = {  # rewritten by others right now; their stored outputs come from the next full run
-    "06_finetuning.ipynb", "07_alignment.ipynb", "08_ethics.ipynb",
-    "06_finetuning_solutions.ipynb", "07_alignment_solutions.ipynb", "08_ethics_solutions.ipynb",
-}
 NOTEBOOKS = sorted([*(REPO_ROOT / "notebooks").glob("*.ipynb"), *(REPO_ROOT / "solutions").glob("*.ipynb")])
 
 
@@ -51,10 +47,7 @@ def problems(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_stored_outputs_read_as_published(path, request):
-    if path.name in RERUN_PENDING:
-        request.applymarker(pytest.mark.xfail(reason=f"{path.name}: outputs from before issue 21; rerun pending",
-                                              strict=False))
+def test_stored_outputs_read_as_published(path):
     assert problems(path) == [], f"{path.relative_to(REPO_ROOT)}: print paths relative to the repository, " \
                                  "build/<profile> rather than its staging folder, tables as text, static progress"
 
