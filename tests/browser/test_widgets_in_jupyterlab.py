@@ -4,7 +4,8 @@ Runs ``tests/browser/widgets.ipynb`` (the chat box and the sampling playground a
 stand-in model) in JupyterLab, then: a message typed and sent with Enter gets a streamed
 reply; moving a slider changes the playground's printout; labels are whole. Also opens a
 notebook executed headless (as ``make course`` stores it) without running it: the stored
-widget outputs read as words, not ``VBox(children=...``.
+widget outputs read as words, not ``VBox(children=...``. And opens every committed notebook
+of the course as it is stored: each of its figures renders (at least 5 from 01 on).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and ``selenium`` (the make target
 installs them); skipped in ``make test``.
@@ -39,6 +40,9 @@ def lab(tmp_path_factory):
     """JupyterLab on a free local port, serving a folder with the test notebooks, with its own settings."""
     work = tmp_path_factory.mktemp("lab")
     shutil.copy(HERE / "widgets.ipynb", work / "widgets.ipynb")
+    tracker = work / ".settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')  # every cell in the page, so every figure can be counted
     port, token = free_port(), "course-browser-test"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(work / ".config"), "JUPYTER_RUNTIME_DIR": str(work / ".runtime"),
            "JUPYTERLAB_SETTINGS_DIR": str(work / ".settings"), "JUPYTERLAB_WORKSPACES_DIR": str(work / ".workspaces")}
@@ -148,3 +152,43 @@ def test_a_stored_notebook_shows_words_not_widget_reprs(lab, browser):
     assert "VBox(children" not in shown, shown
     assert "Chat with your model (interactive: run the cell in Jupyter" in shown, shown
     assert "a sample at temperature 0.8" in shown, shown  # the playground's printout, stored as it was
+
+
+def stored_figures(path: Path) -> int:
+    """Figures a notebook shows without running: stored image outputs (PNG, SVG) and images in its markdown."""
+    import json
+    import re
+
+    count = 0
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] == "markdown":
+            count += len(re.findall(r"!\[[^\]]*\]\((?!https?://)[^)]+\)", "".join(cell["source"])))
+        for output in cell.get("outputs", []):
+            count += any(kind in output.get("data", {}) for kind in ("image/png", "image/svg+xml"))
+    return count
+
+
+RENDERED_FIGURES = """const panel = window.jupyterapp.shell.currentWidget;
+const images = [...panel.node.querySelectorAll('.jp-RenderedImage img, .jp-RenderedMarkdown img')]
+  .filter(i => !/^https?:/.test(i.getAttribute('src') || ''));  // not the Colab badge: offline here
+const svgs = panel.node.querySelectorAll('.jp-RenderedSVG');
+return {loaded: images.filter(i => i.complete && i.naturalWidth > 0).length, broken: images.filter(i => i.complete
+        && i.naturalWidth === 0).map(i => i.getAttribute('src').slice(0, 80)), svg: svgs.length};"""
+
+
+def test_every_stored_figure_of_the_notebooks_renders(lab, browser):
+    """Each committed notebook, opened without running, shows every figure it stores (at least 5 in 01-08)."""
+    notebooks = Path(__file__).parents[2] / "notebooks"
+    shutil.copytree(notebooks, lab["work"] / "notebooks", dirs_exist_ok=True)
+    subprocess.run([sys.executable, "-m", "jupyter", "trust", *map(str, (lab["work"] / "notebooks").glob("*.ipynb"))],
+                   check=True, capture_output=True)  # ours: SVG outputs render (an untrusted one shows its text)
+    for path in sorted(notebooks.glob("0*.ipynb")):
+        expected = stored_figures(path)
+        if path.name >= "01":
+            assert expected >= 5, f"{path.name} stores {expected} figures; every notebook from 01 draws at least 5"
+        open_notebook(browser, lab, f"notebooks/{path.name}")
+        shown = wait_for(browser, f"const r = (() => {{{RENDERED_FIGURES}}})(); "
+                                  f"return r.loaded + r.svg >= {expected} ? r : null;",
+                         f"{expected} rendered figures in {path.name}")
+        assert not shown["broken"], f"{path.name}: images that did not load: {shown['broken']}"
+        browser.execute_script("window.jupyterapp.commands.execute('application:close-all');")
