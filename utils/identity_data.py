@@ -251,7 +251,7 @@ def later_turns(first: list[list[dict]], second: list[list[dict]], n: int, seed:
     built, seen, step, shift = [], set(), 0, 0
     while len(built) < n:
         i = int(firsts[step % len(first)])
-        for tries in range(len(second)):  # this first turn with the next second turn not yet paired with it
+        for _ in range(len(second)):  # this first turn with the next second turn not yet paired with it
             j = int(seconds[(step + shift) % len(second)])
             if first[i] != second[j] and (i, j) not in seen:
                 seen.add((i, j))
