@@ -10,6 +10,8 @@ from collections import Counter
 from html import escape
 from pathlib import Path
 
+from svg_parts import canvas
+
 TEXT = "the cat sat on the mat; the cat ate the rat"
 N_MERGES = 10
 OUT = Path(__file__).with_suffix(".svg")
@@ -49,9 +51,7 @@ def svg(rows, vocab) -> str:
     width = LEFT + CHAR_W * len(TEXT) + RIGHT
     height = TOP + ROW_H * len(rows) + 36
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="13">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
+        *canvas(width, height, arrow_colour=None),
         '<text x="12" y="24" font-size="16" font-weight="bold">Byte-pair encoding: every merge fuses the most '
         "frequent pair of neighbouring tokens</text>",
         '<text x="12" y="44" fill="#555">each row is the text after one more merge; each box is one token; '

@@ -6,6 +6,8 @@ Run ``python notebooks/figures/course_map.py`` to redraw it. Plain SVG, no plott
 from html import escape
 from pathlib import Path
 
+from svg_parts import arrow, canvas
+
 OUT = Path(__file__).with_suffix(".svg")
 BOX_W, BOX_H = 150, 58
 STAGES = {  # name: (column, row, title, what it builds)
@@ -34,11 +36,7 @@ def place(name):
 def svg() -> str:
     width, height = 30 + 5 * 210, 70 + 3 * 120 + 10
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'font-family="DejaVu Sans, Arial, sans-serif" font-size="13">',
-        '<defs><marker id="head" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
+        *canvas(width, height, arrow_colour="#555"),
         '<text x="12" y="26" font-size="16" font-weight="bold">The course: nine notebooks, each hands its result '
         'to the next</text>',
         '<text x="12" y="46" fill="#555">a missing result is rebuilt by the notebook that needs it, with a message'
@@ -53,7 +51,7 @@ def svg() -> str:
         else:  # diagonal: centre to centre, shortened to the boxes
             x1, y1 = xa + BOX_W * (1 if xb > xa else 0), ya + BOX_H / 2
             x2, y2 = xb + BOX_W * (0 if xb > xa else 1), yb + BOX_H / 2
-        out.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#555" marker-end="url(#head)"/>')
+        out.append(arrow(x1, y1, x2, y2, colour="#555"))
         out.append(f'<text x="{(x1 + x2) / 2 + 4}" y="{(y1 + y2) / 2 - 5}" font-size="11" fill="#7c3aed">'
                    f'{escape(label)}</text>')
     for name, (_, _, title, builds) in STAGES.items():

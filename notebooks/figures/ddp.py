@@ -7,6 +7,8 @@ is small, readable and the same on every run.
 from html import escape
 from pathlib import Path
 
+from svg_parts import arrow, canvas
+
 OUT = Path(__file__).with_suffix(".svg")
 RANKS = 4
 COL_W, LEFT, TOP = 190, 30, 70
@@ -24,21 +26,13 @@ def box(x, y, text, fill, stroke, w=BOX_W, h=BOX_H, bold=False):
             f'<text x="{x + w / 2}" y="{y + h / 2 + 5}" text-anchor="middle"{weight}>{escape(text)}</text>')
 
 
-def arrow(x1, y1, x2, y2):
-    return f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#333" marker-end="url(#head)"/>'
-
-
 def svg() -> str:
     width = LEFT * 2 + COL_W * RANKS
     all_reduce_y = TOP + 30 + ROW_H * len(ROWS)
     step_y = all_reduce_y + 80
     height = step_y + 110
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'font-family="DejaVu Sans, Arial, sans-serif" font-size="13">',
-        '<defs><marker id="head" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
+        *canvas(width, height),
         '<text x="12" y="24" font-size="16" font-weight="bold">Data parallelism (DDP): every GPU holds a copy of '
         'the model and trains on its own batches</text>',
         '<text x="12" y="44" fill="#555">after backward, the gradients are averaged across GPUs (all-reduce), so '

@@ -7,6 +7,8 @@ is small, readable and the same on every run.
 from html import escape
 from pathlib import Path
 
+from svg_parts import arrow, canvas
+
 OUT = Path(__file__).with_suffix(".svg")
 BLOCKS, ADAPTED = 30, 15  # SmolLM2's blocks; the cpu profile adapts the last 15
 FROZEN = ("#e5e7eb", "#6b7280")
@@ -25,11 +27,6 @@ def box(x, y, w, h, text, colours, bold=False, size=13):
             f'<text text-anchor="middle" font-size="{size}"{weight}>{spans}</text>')
 
 
-def arrow(x1, y1, x2, y2, dashed=False):
-    dash = ' stroke-dasharray="5,4"' if dashed else ""
-    return f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#333"{dash} marker-end="url(#head)"/>'
-
-
 def label(x, y, text, anchor="start", size=13, colour="#111"):
     return f'<text x="{x}" y="{y}" text-anchor="{anchor}" font-size="{size}" fill="{colour}">{escape(text)}</text>'
 
@@ -37,11 +34,7 @@ def label(x, y, text, anchor="start", size=13, colour="#111"):
 def svg() -> str:
     width, height = 1010, 520
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'font-family="DejaVu Sans, Arial, sans-serif" font-size="13">',
-        '<defs><marker id="head" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>',
-        '<rect width="100%" height="100%" fill="white"/>',
+        *canvas(width, height),
         label(width / 2, 28, "Make it yours: LoRA on the last blocks, two kinds of reply, two losses", "middle", 16),
     ]
     # The model: one thin bar per block, bottom (block 0) to top (block 29).
